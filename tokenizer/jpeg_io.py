@@ -1,0 +1,266 @@
+"""JPEG files in and out: marker parsing, coefficients through jpeglib, pixels to a JPEG.
+
+Everything here works on quantized DCT coefficients as libjpeg stores them; no inverse DCT is run
+unless an image has to be re-encoded at the configured size or quality.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+
+import jpeglib
+import numpy as np
+
+# ZIGZAG[k] is the natural (row * 8 + col) index of the k-th coefficient in zigzag order.
+ZIGZAG = np.array([
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27,
+    20, 13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58,
+    59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63])
+UNZIGZAG = np.argsort(ZIGZAG)
+
+# JPEG Annex K tables (natural order), scaled by libjpeg's jpeg_quality_scaling with force_baseline.
+_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+_CHROMA = np.array([
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+    47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32)
+
+# Sampling layouts the tokenizer writes and reads: name -> luma (h, v); chroma is always 1x1.
+SUBSAMPLINGS = {"gray": None, "4:4:4": (1, 1), "4:2:0": (2, 2), "4:2:2": (2, 1), "4:4:0": (1, 2)}
+
+jpeglib.version.set("turbo210")
+
+
+def standard_qtables(quality: int, n_components: int) -> np.ndarray:
+    """(n_components, 64) zigzag-ordered tables libjpeg writes at `quality` (1..100)."""
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    tabs = [np.clip((t * scale + 50) // 100, 1, 255)[ZIGZAG] for t in (_LUMA, _CHROMA)]
+    return np.stack([tabs[0]] + [tabs[1]] * (n_components - 1)).astype(np.uint16)
+
+
+@dataclass(frozen=True, eq=False)
+class Coefficients:
+    """One JPEG's quantized DCT coefficients: everything needed to write it back bit for bit.
+
+    `blocks[c]` is (rows, cols, 64) int16 in zigzag order for component c (Y, Cb, Cr or just Y);
+    `qtables` is (n_components, 64) in zigzag order; `subsampling` is a key of SUBSAMPLINGS.
+    """
+
+    height: int
+    width: int
+    subsampling: str
+    blocks: tuple[np.ndarray, ...]
+    qtables: np.ndarray
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Coefficients) and (self.height, self.width, self.subsampling)
+                == (other.height, other.width, other.subsampling)
+                and all(np.array_equal(a, b) for a, b in zip(self.blocks, other.blocks))
+                and len(self.blocks) == len(other.blocks)
+                and np.array_equal(self.qtables, other.qtables))
+
+
+def sampling_factors(subsampling: str) -> list[tuple[int, int]]:
+    """Per component (h, v) sampling factors of a layout name."""
+    luma = SUBSAMPLINGS[subsampling]
+    return [(1, 1)] if luma is None else [luma, (1, 1), (1, 1)]
+
+
+def block_grid(height: int, width: int, subsampling: str) -> list[tuple[int, int]]:
+    """Per component (rows, cols) of coded blocks, as libjpeg computes them (no MCU padding)."""
+    factors = sampling_factors(subsampling)
+    hmax, vmax = max(f[0] for f in factors), max(f[1] for f in factors)
+    return [(-(-height * v // (vmax * 8)), -(-width * h // (hmax * 8))) for h, v in factors]
+
+
+@dataclass(frozen=True)
+class JpegInfo:
+    """What the markers of a JPEG file say (parsed without decoding)."""
+
+    sof: int                         # SOFn marker: 0xC0 baseline, 0xC1 extended, 0xC2 progressive, ...
+    precision: int
+    height: int
+    width: int
+    components: tuple[tuple[int, int, int], ...]   # (id, h, v) per component
+    qtables: dict[int, np.ndarray]   # table slot -> (64,) zigzag order
+    table_of: tuple[int, ...]         # table slot per component
+    scan_bytes: int                   # entropy-coded bytes of all scans (RST markers included)
+    adobe_transform: int | None
+
+    @property
+    def subsampling(self) -> str | None:
+        """The SUBSAMPLINGS name of this file's layout, or None if it has no name here."""
+        f = [(h, v) for _, h, v in self.components]
+        if len(f) == 1:
+            return "gray"
+        if len(f) == 3 and f[1] == f[2] == (1, 1):
+            return next((k for k, s in SUBSAMPLINGS.items() if s == f[0]), None)
+        return None
+
+
+def parse_jpeg(data: bytes, name: str = "<bytes>") -> JpegInfo:
+    """Walk the markers of a JPEG file. Raises ValueError naming `name` on anything malformed."""
+    if data[:2] != b"\xff\xd8":
+        raise ValueError(f"{name}: not a JPEG file (no SOI marker)")
+    i, n = 2, len(data)
+    sof = info = None
+    qtables: dict[int, np.ndarray] = {}
+    scan, adobe = 0, None
+    while True:
+        while i < n and data[i] != 0xFF:  # tolerate junk between segments, as libjpeg does
+            i += 1
+        while i < n and data[i] == 0xFF:
+            i += 1
+        if i >= n:
+            break
+        marker = data[i]
+        i += 1
+        if marker == 0xD9:
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            continue
+        if i + 2 > n:
+            raise ValueError(f"{name}: truncated JPEG (segment {marker:#04x} has no length)")
+        (length,) = struct.unpack(">H", data[i:i + 2])
+        seg = data[i + 2:i + length]
+        if length < 2 or len(seg) != length - 2:
+            raise ValueError(f"{name}: truncated JPEG (segment {marker:#04x} runs past the end)")
+        i += length
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if sof is not None:
+                raise ValueError(f"{name}: more than one frame header (SOF)")
+            if len(seg) < 6:
+                raise ValueError(f"{name}: truncated frame header (SOF)")
+            prec, h, w, nc = struct.unpack(">BHHB", seg[:6])
+            if len(seg) < 6 + 3 * nc:
+                raise ValueError(f"{name}: truncated frame header (SOF)")
+            comps = [(seg[6 + 3 * k], seg[7 + 3 * k] >> 4, seg[7 + 3 * k] & 15) for k in range(nc)]
+            sof, info = marker, (prec, h, w, tuple(comps), tuple(seg[8 + 3 * k] for k in range(nc)))
+        elif marker == 0xDB:
+            j = 0
+            while j < len(seg):
+                pq, tq = seg[j] >> 4, seg[j] & 15
+                size = 128 if pq else 64
+                if j + 1 + size > len(seg):
+                    raise ValueError(f"{name}: truncated quantization table (DQT)")
+                raw = seg[j + 1:j + 1 + size]
+                qtables[tq] = np.frombuffer(raw, ">u2" if pq else "u1").astype(np.uint16)
+                j += 1 + size
+        elif marker == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
+            adobe = seg[11]
+        elif marker == 0xDA:
+            start = i
+            while i < n - 1 and not (data[i] == 0xFF and data[i + 1] not in (0x00, *range(0xD0, 0xD8))):
+                i += 1
+            scan += i - start
+    if sof is None:
+        raise ValueError(f"{name}: no frame header (SOF): not a complete JPEG")
+    if scan == 0:
+        raise ValueError(f"{name}: no scan data (SOS): not a complete JPEG")
+    prec, h, w, comps, table_of = info
+    return JpegInfo(sof, prec, h, w, comps, qtables, table_of, scan, adobe)
+
+
+def scan_bytes(data: bytes) -> int:
+    """Bytes of entropy-coded scan data in a JPEG file: what its Huffman (or arithmetic) coding spends."""
+    return parse_jpeg(data).scan_bytes
+
+
+def check_readable(info: JpegInfo, name: str) -> None:
+    """Refuse what libjpeg (8-bit) cannot hand us as Y/Cb/Cr or gray coefficients, before it tries."""
+    if info.sof in (0xC3, 0xC7, 0xCB, 0xCF):
+        raise ValueError(f"{name}: lossless JPEG (SOF{info.sof - 0xC0}) has no DCT coefficients")
+    if info.sof in (0xC5, 0xC6, 0xCD, 0xCE):
+        raise ValueError(f"{name}: hierarchical JPEG (SOF{info.sof - 0xC0}) is not supported")
+    if info.precision != 8:
+        raise ValueError(f"{name}: {info.precision}-bit JPEG is not supported (8-bit only)")
+    if info.height == 0 or info.width == 0:
+        raise ValueError(f"{name}: image has zero size {info.width}x{info.height}")
+    if len(info.components) not in (1, 3):
+        raise ValueError(f"{name}: {len(info.components)} components (CMYK/YCCK or other) are not supported"
+                         " without re-encoding; set a quality to re-encode it")
+    if any(not (1 <= h <= 4 and 1 <= v <= 4) for _, h, v in info.components):
+        raise ValueError(f"{name}: invalid sampling factors {info.components}")
+    if len(info.components) == 3 and info.adobe_transform == 0:
+        raise ValueError(f"{name}: 3-component RGB JPEG (no YCbCr transform) is not supported as-is")
+    if any(t not in info.qtables for t in info.table_of):
+        raise ValueError(f"{name}: a component uses a quantization table the file does not define")
+
+
+def read_coefficients(data: bytes, name: str = "<bytes>") -> Coefficients:
+    """The quantized coefficients of a JPEG file, exactly as stored. ValueError names `name`."""
+    info = parse_jpeg(data, name)
+    check_readable(info, name)
+    sub = info.subsampling
+    if sub is None:
+        raise ValueError(f"{name}: sampling factors {[(h, v) for _, h, v in info.components]} are not one"
+                         f" of {list(SUBSAMPLINGS)}; set a quality to re-encode it")
+    qt = np.stack([info.qtables[t] for t in info.table_of])
+    if qt.max() > 255:
+        raise ValueError(f"{name}: 16-bit quantization tables are not supported")
+    with _tempfile(data) as path:
+        try:
+            jpeg = jpeglib.read_dct(path)
+            jpeg.load()
+        except (OSError, ValueError, IndexError) as e:
+            raise ValueError(f"{name}: libjpeg could not read the coefficients ({e})") from None
+    planes = [jpeg.Y] if sub == "gray" else [jpeg.Y, jpeg.Cb, jpeg.Cr]
+    grid = block_grid(info.height, info.width, sub)
+    blocks = []
+    for plane, (rows, cols) in zip(planes, grid):
+        if plane is None or plane.shape[:2] != (rows, cols):
+            raise ValueError(f"{name}: coefficient planes do not match the frame header")
+        blocks.append(plane.reshape(rows, cols, 64)[:, :, ZIGZAG].astype(np.int16))
+    return Coefficients(info.height, info.width, sub, tuple(blocks), qt.astype(np.uint16))
+
+
+def write_coefficients(coef: Coefficients) -> bytes:
+    """A baseline JPEG file holding exactly these coefficients and tables (Huffman-optimized)."""
+    planes = [np.ascontiguousarray(b[:, :, UNZIGZAG].reshape(*b.shape[:2], 8, 8)) for b in coef.blocks]
+    tables, table_of = np.unique(coef.qtables, axis=0, return_inverse=True)
+    qt = np.ascontiguousarray(tables[:, UNZIGZAG].reshape(-1, 8, 8), dtype=np.uint16)
+    gray = coef.subsampling == "gray"
+    jpeg = jpeglib.from_dct(Y=planes[0], Cb=None if gray else planes[1], Cr=None if gray else planes[2],
+                            qt=qt, quant_tbl_no=np.asarray(table_of).ravel().tolist())
+    jpeg.height, jpeg.width = coef.height, coef.width
+    jpeg.samp_factor = [[v, h] for h, v in sampling_factors(coef.subsampling)]
+    with _tempfile(b"") as path:
+        jpeg.write_dct(path, flags=["+optimize_coding"])
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def encode_pixels(pixels: np.ndarray, quality: int, subsampling: str) -> bytes:
+    """JPEG bytes of an (H, W, 3) RGB or (H, W) gray uint8 array, encoded by libjpeg at `quality`."""
+    arr = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    jpeg = jpeglib.from_spatial(np.ascontiguousarray(arr))
+    if subsampling != "gray":
+        jpeg.samp_factor = [[v, h] for h, v in sampling_factors(subsampling)]
+    n = 1 if subsampling == "gray" else 2   # libjpeg's force_baseline tables, given explicitly
+    qt = np.ascontiguousarray(standard_qtables(quality, n)[:, UNZIGZAG].reshape(n, 8, 8))
+    with _tempfile(b"") as path:
+        jpeg.write_spatial(path, qt=qt, flags=["+optimize_coding"])
+        with open(path, "rb") as f:
+            return f.read()
+
+
+class _tempfile:
+    """A named temporary file holding `data` (jpeglib reads and writes paths only), removed on exit."""
+
+    _dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+    def __init__(self, data: bytes):
+        fd, self.path = tempfile.mkstemp(suffix=".jpg", dir=self._dir)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+    def __enter__(self) -> str:
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        os.unlink(self.path)
