@@ -80,11 +80,13 @@ def generate(model: GPT, tokenizer: Tokenizer, prompt: TokenSequence, num_sample
     new_ids, new_pos = [], []
     bar = tqdm(total=cfg.max_new_tokens or None, disable=not progress, unit="tok", desc="sampling")
     done = np.array([g.done for g in grammars])
+    pad_only = np.zeros(tokenizer.vocab_size, bool)  # what a finished stream may emit
+    pad_only[tokenizer.pad_id] = True
     length = np.zeros(B, np.int64)  # generated tokens of each stream up to its end
     step = 0
     while not done.all() and (cfg.max_new_tokens == 0 or step < cfg.max_new_tokens):
-        allowed = torch.from_numpy(np.stack([g.allowed() for g in grammars])).to(device)
-        allowed[torch.from_numpy(done).to(device), tokenizer.pad_id] = True  # finished rows pad
+        allowed = torch.from_numpy(np.stack([pad_only if d else g.allowed()
+                                             for g, d in zip(grammars, done)])).to(device)
         nxt = sample_next(logits, allowed, cfg, gen).cpu()
         rows = np.zeros((B, 5), np.int64)
         for b, g in enumerate(grammars):

@@ -1,0 +1,74 @@
+"""Training rows from a tokenized corpus split: images packed into rows of `block_size` tokens.
+
+A row starts at the beginning of a randomly chosen image (or, for an image longer than a row, at a
+random window inside it) and runs on through the following images of the split. `doc` tells the
+images in a row apart, so attention stays within each image, and a target that would cross into the
+next image (or into padding) is `ignore_index`.
+
+Every row is a pure function of its seed: the batch of iteration `it`, micro-step `m` comes from
+`seed, it, m`, so a resumed (or distributed) run reads exactly the rows of the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tokenizer.shards import CorpusSplit
+
+
+@dataclass(frozen=True)
+class Batch:
+    idx: torch.Tensor        # (B, T) int64 input ids
+    positions: torch.Tensor  # (B, T, 5) int64
+    targets: torch.Tensor    # (B, T) int64, ignore_index where there is nothing to predict
+    doc: torch.Tensor        # (B, T) int64 image index in the split; -1 for padding
+
+    def to(self, device: torch.device | str) -> Batch:
+        nb = torch.device(device).type == "cuda"
+        return Batch(*(t.to(device, non_blocking=nb) for t in
+                       (self.idx, self.positions, self.targets, self.doc)))
+
+
+class Packer:
+    """Rows of `block_size` tokens from `split` (see the module docstring)."""
+
+    def __init__(self, split: CorpusSplit, block_size: int, pad_id: int, ignore_index: int = -1):
+        if len(split) == 0:
+            raise ValueError("Packer: the corpus split holds no sequences")
+        self.split, self.block_size = split, block_size
+        self.pad_id, self.ignore_index = pad_id, ignore_index
+        self.doc_of_token = np.repeat(np.arange(len(split), dtype=np.int64), split.lengths)
+
+    def row(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One row of T + 1 tokens: ids (T+1,), positions (T+1, 5), doc (T+1,)."""
+        n = self.block_size + 1
+        i = int(rng.integers(len(self.split)))
+        start, length = int(self.split.offsets[i]), int(self.split.lengths[i])
+        if length > n:
+            start += int(rng.integers(length - n + 1))
+        end = min(start + n, len(self.split.ids))
+        ids = np.full(n, self.pad_id, np.int64)
+        pos = np.zeros((n, 5), np.int64)
+        doc = np.full(n, -1, np.int64)
+        ids[:end - start] = self.split.ids[start:end]
+        pos[:end - start] = self.split.positions[start:end]
+        doc[:end - start] = self.doc_of_token[start:end]
+        return ids, pos, doc
+
+    def batch(self, batch_size: int, seed: list[int]) -> Batch:
+        rng = np.random.default_rng(seed)
+        rows = [self.row(rng) for _ in range(batch_size)]
+        ids = np.stack([r[0] for r in rows])
+        pos = np.stack([r[1] for r in rows])
+        doc = np.stack([r[2] for r in rows])
+        targets = ids[:, 1:].copy()
+        targets[(doc[:, 1:] != doc[:, :-1]) | (doc[:, 1:] < 0)] = self.ignore_index
+        return Batch(torch.from_numpy(ids[:, :-1]), torch.from_numpy(pos[:, :-1]),
+                     torch.from_numpy(targets), torch.from_numpy(doc[:, :-1]))
+
+    @property
+    def mean_tokens_per_image(self) -> float:
+        return float(self.split.lengths.mean())
