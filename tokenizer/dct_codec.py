@@ -14,6 +14,7 @@ from tokenizer.dct_tokens import (
     HEADER_LEN,
     BlockLayout,
     Vocab,
+    block_layout,
     header_ids,
     header_positions,
 )
@@ -62,7 +63,7 @@ def _add_escapes(ev: _Events, vocab: Vocab, esc, values, direct, rank, place, bl
 
 def encode_coefficients(vocab: Vocab, coef: Coefficients, order: str, bands: tuple[int, ...]) -> TokenSequence:
     """The token stream of one JPEG's coefficients (lossless)."""
-    layout = BlockLayout(coef.height, coef.width, coef.subsampling, order, bands)
+    layout = block_layout(coef.height, coef.width, coef.subsampling, order, bands)
     x = layout.gather(coef).astype(np.int64)
     n = layout.n_blocks
     blocks = np.arange(n)
@@ -157,7 +158,7 @@ def decode_coefficients(vocab: Vocab, seq: TokenSequence, order: str, bands: tup
     height, width, sub, qt, hlen = parse_header(vocab, ids)
     if ids[-1] != vocab.eos:
         raise TokenizerError("stream does not end with EOS")
-    layout = BlockLayout(height, width, sub, order, bands)
+    layout = block_layout(height, width, sub, order, bands)
     body = ids[hlen:-1]
     is_byte = (body >= vocab.byte) & (body < vocab.byte + 256)
     dc_esc = (body >= vocab.dc + 2 * vocab.dc_range + 1) & (body < vocab.ac)

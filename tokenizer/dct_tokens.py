@@ -21,13 +21,14 @@ vectorized over all blocks (numpy), the grammar (tokenizer.grammar) walks the sa
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from tokenizer.base import TokenizerError, TokenSequence
-from tokenizer.jpeg_io import SUBSAMPLINGS, Coefficients, block_grid, sampling_factors, standard_qtables
+from tokenizer.base import TokenizerError
+from tokenizer.jpeg_io import SUBSAMPLINGS, Coefficients, block_grid, sampling_factors, standard_quality
 
 ORDERS = ("raster", "coarse_to_fine")
 EOB_FREQ = 64        # frequency field of EOB / end tokens
@@ -214,6 +215,12 @@ class BlockLayout:
         return tuple(out)
 
 
+@functools.lru_cache(maxsize=64)
+def block_layout(height: int, width: int, subsampling: str, order: str, bands: tuple[int, ...]) -> BlockLayout:
+    """A cached BlockLayout (layouts of one geometry are reused across images)."""
+    return BlockLayout(height, width, subsampling, order, bands)
+
+
 def header_ids(vocab: Vocab, height: int, width: int, subsampling: str, qtables: np.ndarray) -> np.ndarray:
     """BOS SUB H_hi H_lo W_hi W_lo (Q | QT_CUSTOM + table bytes)."""
     if not (1 <= height <= 0xFFFF and 1 <= width <= 0xFFFF):
@@ -221,8 +228,7 @@ def header_ids(vocab: Vocab, height: int, width: int, subsampling: str, qtables:
     ids = [vocab.bos, vocab.sub + list(SUBSAMPLINGS).index(subsampling),
            vocab.byte + (height >> 8), vocab.byte + (height & 255),
            vocab.byte + (width >> 8), vocab.byte + (width & 255)]
-    n = len(qtables)
-    q = next((q for q in range(1, 101) if np.array_equal(standard_qtables(q, n), qtables)), None)
+    q = standard_quality(qtables)
     if q is not None:
         return np.array(ids + [vocab.quality + q - 1])
     if qtables.min() < 1 or qtables.max() > 255:

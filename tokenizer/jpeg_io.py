@@ -6,6 +6,7 @@ unless an image has to be re-encoded at the configured size or quality.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import tempfile
@@ -36,11 +37,24 @@ SUBSAMPLINGS = {"gray": None, "4:4:4": (1, 1), "4:2:0": (2, 2), "4:2:2": (2, 1),
 jpeglib.version.set("turbo210")
 
 
+@functools.cache
 def standard_qtables(quality: int, n_components: int) -> np.ndarray:
-    """(n_components, 64) zigzag-ordered tables libjpeg writes at `quality` (1..100)."""
+    """(n_components, 64) zigzag-ordered tables libjpeg writes at `quality` (1..100); read-only."""
     scale = 5000 // quality if quality < 50 else 200 - 2 * quality
     tabs = [np.clip((t * scale + 50) // 100, 1, 255)[ZIGZAG] for t in (_LUMA, _CHROMA)]
-    return np.stack([tabs[0]] + [tabs[1]] * (n_components - 1)).astype(np.uint16)
+    out = np.stack([tabs[0]] + [tabs[1]] * (n_components - 1)).astype(np.uint16)
+    out.flags.writeable = False
+    return out
+
+
+@functools.cache
+def _quality_index(n_components: int) -> dict[bytes, int]:
+    return {standard_qtables(q, n_components).tobytes(): q for q in range(100, 0, -1)}
+
+
+def standard_quality(qtables: np.ndarray) -> int | None:
+    """The quality whose standard tables these are, or None (custom tables)."""
+    return _quality_index(len(qtables)).get(np.asarray(qtables, np.uint16).tobytes())
 
 
 @dataclass(frozen=True, eq=False)

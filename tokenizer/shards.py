@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from tokenizer.base import TokenSequence, Tokenizer, load_tokenizer
+from tokenizer.base import Tokenizer, TokenSequence, load_tokenizer
 
 
 def write_shard(path: str | os.PathLike, seqs: list[TokenSequence]) -> dict:

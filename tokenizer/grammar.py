@@ -1,0 +1,202 @@
+"""The grammar of JPEG-DCT streams as a state machine: which ids may come next (DESIGN.md rule 5).
+
+For a given header (geometry, layout) and block order, valid streams form a regular language. The
+cursor walks the same unit schedule as the codec (`BlockLayout.units`) and allows exactly the
+streams `encode` can produce whose coefficients baseline libjpeg can write: runs that stay inside
+their block or band, no ZRL before EOB, SKIP runs that are maximal (so each image has one stream),
+escape payloads within JPEG's limits (|DC difference| <= 2047, |AC| <= 1023).
+
+    g = tok.grammar()            # or tok.grammar(prefix) to continue a prefix
+    while not g.done:
+        mask = g.allowed()       # (vocab_size,) bool, read-only
+        pos = g.push(token)      # the token's position row; TokenizerError if not allowed
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tokenizer.base import TokenizerError
+from tokenizer.dct_tokens import EOB_FREQ, HEADER_LEN, Vocab, block_layout
+from tokenizer.jpeg_io import SUBSAMPLINGS
+
+DC_LIMIT, AC_LIMIT = 2047, 1023   # largest magnitudes 8-bit baseline Huffman coding can carry
+
+
+class JpegGrammar:
+    """A cursor over one stream. See the module docstring."""
+
+    def __init__(self, vocab: Vocab, order: str, bands: tuple[int, ...], max_pixels: int = 1 << 26):
+        self.vocab, self.order, self.bands, self.max_pixels = vocab, order, bands, max_pixels
+        self._masks: dict[tuple, np.ndarray] = {}
+        self.header: list[int] = []
+        self.layout = None
+        self.done = False
+        self._pending: list[int] = []      # allowed maxima of the escape bytes still to come
+        self._pending_pos = None
+
+    # -- masks ------------------------------------------------------------------------------------
+    def _mask(self, key: tuple) -> np.ndarray:
+        m = self._masks.get(key)
+        if m is None:
+            m = np.zeros(self.vocab.size, bool)
+            self._fill(m, key)
+            m.flags.writeable = False
+            self._masks[key] = m
+        return m
+
+    def _fill(self, m: np.ndarray, key: tuple) -> None:
+        v = self.vocab
+        kind = key[0]
+        if kind == "ids":
+            m[list(key[1])] = True
+        elif kind == "bytes":                       # byte values lo..hi
+            m[v.byte + key[1]:v.byte + key[2] + 1] = True
+        elif kind == "quality":
+            m[v.quality:v.quality + 100] = True
+            m[v.qt_custom] = True
+        elif kind == "dc":
+            m[v.dc:v.ac] = True
+        elif kind == "ac":
+            _, room, fresh, after_zrl, skip_max = key
+            for r in range(min(16, room)):
+                m[v.ac + r * v.ac_stride:v.ac + (r + 1) * v.ac_stride] = True
+            m[v.zrl] = room >= 17
+            m[v.eob] = not after_zrl and (self.order == "raster" or not fresh)
+            m[v.skip:v.skip + skip_max] = True
+
+    def allowed(self) -> np.ndarray:
+        if self.done:
+            return self._mask(("ids", ()))
+        if self._pending:
+            return self._mask(("bytes", 0, self._pending[0]))
+        if self.layout is None:
+            return self._header_mask()
+        if self.u == len(self.units):
+            return self._mask(("ids", (self.vocab.eos,)))
+        _, s, e = self.units[self.u]
+        if s == 0:
+            return self._mask(("dc",))
+        fresh = self.k == s
+        skip_max = 0
+        if fresh and self.order != "raster" and not self.no_skip:
+            n = self.layout.n_blocks
+            skip_max = min(self.vocab.max_skip, n * (self.u // n + 1) - self.u)
+        return self._mask(("ac", e - self.k, fresh, self.after_zrl, skip_max))
+
+    def _header_mask(self) -> np.ndarray:
+        v, j = self.vocab, len(self.header)
+        if j == 0:
+            return self._mask(("ids", (v.bos,)))
+        if j == 1:
+            return self._mask(("ids", tuple(range(v.sub, v.sub + len(SUBSAMPLINGS)))))
+        if j in (2, 4):
+            return self._mask(("bytes", 0, 255))
+        if j in (3, 5):                              # height and width are >= 1
+            return self._mask(("bytes", 0 if self.header[j - 1] > v.byte else 1, 255))
+        if j == 6:
+            return self._mask(("quality",))
+        return self._mask(("bytes", 1, 255))        # custom quantization table entries
+
+    # -- transitions ------------------------------------------------------------------------------
+    def push(self, token: int) -> np.ndarray:
+        token = int(token)
+        if not (0 <= token < self.vocab.size) or not self.allowed()[token]:
+            raise TokenizerError(f"token {token} is not allowed here ({self._where()})")
+        if self._pending:
+            return self._push_escape_byte(token)
+        if self.layout is None:
+            return self._push_header(token)
+        if self.u == len(self.units):
+            self.done = True
+            return np.array([0, 0, 0, 0, HEADER_LEN])
+        return self._push_body(token)
+
+    def _where(self) -> str:
+        if self.layout is None:
+            return f"header token {len(self.header)}"
+        return f"unit {getattr(self, 'u', 0)} of {len(self.units)}, frequency {getattr(self, 'k', 0)}"
+
+    def _push_escape_byte(self, token: int) -> np.ndarray:
+        limit = self._pending.pop(0)
+        if self._pending and token - self.vocab.byte < limit:
+            self._pending[0] = 255                  # high byte below its limit frees the low byte
+        return self._pending_pos
+
+    def _push_header(self, token: int) -> np.ndarray:
+        v = self.vocab
+        j = len(self.header)
+        self.header.append(token)
+        pos = np.zeros(5, np.int64)
+        if j < HEADER_LEN:
+            pos[4] = j
+        else:
+            pos[2], pos[4] = (j - HEADER_LEN) // 64 + 1, (j - HEADER_LEN) % 64
+        n_tables = 1 if j < 2 or self.header[1] == v.sub else 3
+        if (j == HEADER_LEN - 1 and token != v.qt_custom) or j == HEADER_LEN - 1 + 64 * n_tables:
+            b = [t - v.byte for t in self.header[2:6]]
+            height, width = b[0] << 8 | b[1], b[2] << 8 | b[3]
+            if height * width > self.max_pixels:
+                raise TokenizerError(f"header asks for {width}x{height} pixels, over max_pixels")
+            sub = list(SUBSAMPLINGS)[self.header[1] - v.sub]
+            self.layout = block_layout(height, width, sub, self.order, self.bands)
+            self.units = self.layout.units.tolist()
+            self._enter(0)
+        return pos
+
+    def _enter(self, u: int, no_skip: bool = False) -> None:
+        self.u = u
+        self.k = self.units[u][1] if u < len(self.units) else 0
+        self.after_zrl = False
+        self.no_skip = no_skip
+
+    def _position(self, freq: int) -> np.ndarray:
+        b = self.units[self.u][0]
+        lay = self.layout
+        return np.array([0, lay.comp[b] + 1, lay.row[b], lay.col[b], freq])
+
+    def _push_body(self, token: int) -> np.ndarray:
+        v = self.vocab
+        _, s, e = self.units[self.u]
+        if s == 0:                                   # DC
+            pos = self._position(0)
+            if token >= v.dc + 2 * v.dc_range + 1:
+                self._escape(pos, DC_LIMIT - v.dc_range - 1)
+            self._enter(self.u + 1)
+            return pos
+        if token == v.eob:
+            pos = self._position(EOB_FREQ)
+            self._enter(self.u + 1)
+            return pos
+        if token >= v.skip:
+            n = token - v.skip + 1
+            pos = self._position(s)
+            nxt = self.u + n
+            nb = self.layout.n_blocks
+            self._enter(nxt, no_skip=n < v.max_skip and nxt // nb == self.u // nb)
+            return pos
+        if token == v.zrl:
+            self.k += 16
+            self.after_zrl = True
+            return self._position(self.k - 1)
+        run, slot = divmod(token - v.ac, v.ac_stride)
+        self.k += run + 1
+        self.after_zrl = False
+        pos = self._position(self.k - 1)
+        if slot >= 2 * v.ac_range:
+            self._escape(pos, AC_LIMIT - v.ac_range - 1)
+        return pos
+
+    def _escape(self, pos: np.ndarray, max_payload: int) -> None:
+        self._pending = [max_payload >> 8, max_payload & 255]
+        self._pending_pos = pos
+
+
+def accepts(grammar: JpegGrammar, ids: np.ndarray) -> bool:
+    """True if `ids` is one complete valid stream."""
+    try:
+        for t in ids:
+            grammar.push(int(t))
+    except TokenizerError:
+        return False
+    return grammar.done

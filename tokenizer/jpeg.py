@@ -1,0 +1,238 @@
+"""JpegDctTokenizer: any image -> the quantized DCT coefficients of a JPEG -> token ids, and back.
+
+    tok = JpegDctTokenizer(JpegDctConfig(quality=25, size=(64, 64), subsampling="4:2:0"))
+    seq = tok.encode("photo.png")     # path, JPEG/PNG bytes, PIL image or HxWx3 / HxW uint8 array
+    jpeg_bytes = tok.decode(seq)
+
+`prepare` brings an input to the configured geometry and quality. A JPEG that already has them
+(or any JPEG when quality=None and size=None) is used as it is: its coefficients and tables are
+read without decoding pixels. Everything else is decoded to pixels (EXIF orientation applied,
+alpha composited on white, 16-bit scaled to 8), fitted to `size` by the named `resize` policy, and
+encoded by libjpeg (jpeglib) at `quality`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from tokenizer.base import TokenizerError, TokenSequence, read_config, register, save_config
+from tokenizer.dct_codec import decode_coefficients, encode_coefficients
+from tokenizer.dct_tokens import ORDERS, Vocab, header_ids, header_positions
+from tokenizer.grammar import JpegGrammar
+from tokenizer.jpeg_io import (
+    SUBSAMPLINGS,
+    Coefficients,
+    encode_pixels,
+    parse_jpeg,
+    read_coefficients,
+    standard_qtables,
+    standard_quality,
+    write_coefficients,
+)
+
+RESIZE_POLICIES = ("center_crop", "stretch")
+
+
+@dataclass(frozen=True)
+class JpegDctConfig:
+    """Settings of a JPEG-DCT tokenizer; saved with it, so a checkpoint rebuilds it with no flags.
+
+    quality: 1..100, or None to keep a JPEG input's own coefficients and tables.
+    size: (height, width) in pixels, or None to keep the input's size.
+    resize: how an input is fitted to `size`: "center_crop" (scale to cover, crop the middle) or
+        "stretch".
+    order: block order, "raster" (JPEG's MCU order) or "coarse_to_fine" (DC first, then bands).
+    bands: zigzag band edges for coarse_to_fine, from 1 to 64.
+    dc_range, ac_range: values coded directly; larger ones use escape tokens.
+    max_skip: longest SKIP(n) token (coarse_to_fine runs of empty blocks).
+    max_pixels: inputs (and sampled headers) above this many pixels are refused.
+    """
+
+    quality: int | None = 25
+    size: tuple[int, int] | None = (64, 64)
+    subsampling: str = "4:2:0"
+    order: str = "raster"
+    resize: str = "center_crop"
+    bands: tuple[int, ...] = (1, 6, 15, 28, 64)
+    dc_range: int = 64
+    ac_range: int = 16
+    max_skip: int = 64
+    max_pixels: int = 1 << 26
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            object.__setattr__(self, "size", tuple(self.size))
+            if len(self.size) != 2 or not all(isinstance(s, int) and 1 <= s <= 0xFFFF for s in self.size):
+                raise ValueError(f"size={self.size!r}: expected (height, width) in 1..65535 or None")
+        object.__setattr__(self, "bands", tuple(self.bands))
+        if self.quality is not None and not (isinstance(self.quality, int) and 1 <= self.quality <= 100):
+            raise ValueError(f"quality={self.quality!r}: expected an int in 1..100 or None")
+        for name, value, choices in (("subsampling", self.subsampling, tuple(SUBSAMPLINGS)),
+                                     ("order", self.order, ORDERS), ("resize", self.resize, RESIZE_POLICIES)):
+            if value not in choices:
+                raise ValueError(f"{name}={value!r}: expected one of {choices}")
+        b = self.bands
+        if len(b) < 2 or b[0] != 1 or b[-1] != 64 or any(x >= y for x, y in zip(b, b[1:])):
+            raise ValueError(f"bands={b!r}: expected increasing edges from 1 to 64")
+        for name in ("dc_range", "ac_range", "max_skip"):
+            if not 1 <= getattr(self, name) <= 1024:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected 1..1024")
+
+
+@register
+class JpegDctTokenizer:
+    """Lossless JPEG-DCT tokens (see tokenizer.dct_tokens for the format)."""
+
+    name = "jpeg_dct"
+
+    def __init__(self, config: JpegDctConfig | None = None):
+        self.config = config or JpegDctConfig()
+        c = self.config
+        self.vocab = Vocab(c.dc_range, c.ac_range, c.max_skip)
+        self.vocab_size = self.vocab.size
+        self.pad_id, self.bos_id, self.eos_id = self.vocab.pad, self.vocab.bos, self.vocab.eos
+
+    # -- media -> JPEG at the configured geometry -------------------------------------------------
+    def prepare(self, media: Any, name: str | None = None) -> bytes:
+        """JPEG bytes of `media` at the configured size, quality and subsampling."""
+        name = name or _name_of(media)
+        data = _read_bytes(media, name)
+        c = self.config
+        if data is not None and data[:2] == b"\xff\xd8":
+            info = parse_jpeg(data, name)
+            size_ok = c.size is None or (info.height, info.width) == c.size
+            tables = [info.qtables.get(t) for t in info.table_of]
+            same_q = c.quality is None or (None not in tables and info.subsampling == c.subsampling
+                                           and standard_quality(np.stack(tables)) == c.quality)
+            if size_ok and same_q:
+                return data
+            if c.quality is None:
+                raise TokenizerError(f"{name}: quality=None keeps a JPEG as it is, but it is "
+                                     f"{info.width}x{info.height}, not the configured size {c.size}")
+        elif c.quality is None:
+            raise TokenizerError(f"{name}: quality=None keeps a JPEG's own coefficients; this is not a JPEG")
+        pixels = self._fit(_load_pixels(media, data, name, gray=c.subsampling == "gray", limit=c.max_pixels))
+        return encode_pixels(pixels, c.quality, c.subsampling)
+
+    def _fit(self, px: np.ndarray) -> np.ndarray:
+        if self.config.size is None or px.shape[:2] == self.config.size:
+            return px
+        h, w = self.config.size
+        im = Image.fromarray(px)
+        if self.config.resize == "stretch":
+            return np.asarray(im.resize((w, h), Image.Resampling.LANCZOS))
+        return np.asarray(ImageOps.fit(im, (w, h), Image.Resampling.LANCZOS))
+
+    def coefficients(self, media: Any, name: str | None = None) -> Coefficients:
+        """The quantized coefficients `encode` tokenizes."""
+        name = name or _name_of(media)
+        return read_coefficients(self.prepare(media, name), name)
+
+    # -- tokens -----------------------------------------------------------------------------------
+    def encode(self, media: Any, name: str | None = None) -> TokenSequence:
+        """Media comes in (path, bytes, PIL image, uint8 array), a lossless token stream comes out."""
+        return self.encode_coefficients(self.coefficients(media, name))
+
+    def encode_coefficients(self, coef: Coefficients) -> TokenSequence:
+        return encode_coefficients(self.vocab, coef, self.config.order, self.config.bands)
+
+    def decode_coefficients(self, seq: TokenSequence) -> Coefficients:
+        return decode_coefficients(self.vocab, seq, self.config.order, self.config.bands)
+
+    def decode(self, seq: TokenSequence) -> bytes:
+        """Token stream in, the bytes of a baseline JPEG file out."""
+        return write_coefficients(self.decode_coefficients(seq))
+
+    def header(self, height: int, width: int, quality: int | None = None,
+               subsampling: str | None = None) -> TokenSequence:
+        """BOS and header tokens of an image of this size: a prompt for unconditional sampling."""
+        sub = subsampling or self.config.subsampling
+        q = quality or self.config.quality or 25
+        ids = header_ids(self.vocab, height, width, sub, standard_qtables(q, 1 if sub == "gray" else 3))
+        return TokenSequence(ids, header_positions(len(ids)))
+
+    def grammar(self, prefix: TokenSequence | None = None) -> JpegGrammar:
+        """A cursor over valid streams (tokenizer.grammar), advanced past `prefix` if given."""
+        g = JpegGrammar(self.vocab, self.config.order, self.config.bands, self.config.max_pixels)
+        for t in ([] if prefix is None else prefix.ids):
+            g.push(int(t))
+        return g
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> None:
+        save_config(directory, self.name, self.config)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> JpegDctTokenizer:
+        cfg = read_config(directory)["config"]
+        if cfg.get("size") is not None:
+            cfg["size"] = tuple(cfg["size"])
+        return cls(JpegDctConfig(**cfg))
+
+
+def _name_of(media: Any) -> str:
+    if isinstance(media, (str, os.PathLike)):
+        return str(media)
+    return f"<{type(media).__name__}>"
+
+
+def _read_bytes(media: Any, name: str) -> bytes | None:
+    if isinstance(media, (str, os.PathLike)):
+        path = Path(media)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: no such file")
+        return path.read_bytes()
+    if isinstance(media, (bytes, bytearray, memoryview)):
+        return bytes(media)
+    if isinstance(media, (Image.Image, np.ndarray)):
+        return None
+    raise TokenizerError(f"{name}: expected a path, bytes, a PIL image or a uint8 array")
+
+
+def _load_pixels(media: Any, data: bytes | None, name: str, gray: bool, limit: int) -> np.ndarray:
+    """(H, W, 3) or (H, W) uint8 pixels of any image input."""
+    if isinstance(media, np.ndarray):
+        arr = media
+        if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))):
+            raise TokenizerError(f"{name}: expected an HxW or HxWx3 uint8 array, got {arr.dtype} {arr.shape}")
+        im = Image.fromarray(arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+    elif isinstance(media, Image.Image):
+        im = media
+    else:
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Exception as e:   # PIL raises many types for unreadable bytes
+            raise TokenizerError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
+    if im.width * im.height > limit:
+        raise TokenizerError(f"{name}: {im.width}x{im.height} is over max_pixels={limit}")
+    if im.width == 0 or im.height == 0:
+        raise TokenizerError(f"{name}: image has zero size")
+    try:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        im = _to_8bit(im)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(white, rgba)
+        return np.asarray(im.convert("L" if gray else "RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise TokenizerError(f"{name}: could not decode the image ({e})") from None
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer / float gray images scaled to 8 bits (PIL would clip them)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255) else 255.0
+        if im.mode == "F":
+            top = 1.0 if a.max() <= 1.0 else 255.0
+        return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return im
