@@ -61,7 +61,8 @@ def _add_escapes(ev: _Events, vocab: Vocab, esc, values, direct, rank, place, bl
             ev.add(rank[esc], place[esc] + 1 + j, b[:, j], block[esc], freq[esc])
 
 
-def encode_coefficients(vocab: Vocab, coef: Coefficients, order: str, bands: tuple[int, ...]) -> TokenSequence:
+def encode_coefficients(vocab: Vocab, coef: Coefficients, order: str,
+                        bands: tuple[int, ...]) -> TokenSequence:
     """The token stream of one JPEG's coefficients (lossless)."""
     layout = block_layout(coef.height, coef.width, coef.subsampling, order, bands)
     x = layout.gather(coef).astype(np.int64)

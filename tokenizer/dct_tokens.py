@@ -216,7 +216,8 @@ class BlockLayout:
 
 
 @functools.lru_cache(maxsize=64)
-def block_layout(height: int, width: int, subsampling: str, order: str, bands: tuple[int, ...]) -> BlockLayout:
+def block_layout(height: int, width: int, subsampling: str, order: str,
+                 bands: tuple[int, ...]) -> BlockLayout:
     """A cached BlockLayout (layouts of one geometry are reused across images)."""
     return BlockLayout(height, width, subsampling, order, bands)
 
