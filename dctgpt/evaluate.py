@@ -1,0 +1,147 @@
+"""How many bits the model needs per image, next to JPEG's own Huffman-coded scan.
+
+    python -m dctgpt.evaluate --ckpt out/quickstart --images DIR [--json FILE] [--stride N]
+
+Each image is prepared at the tokenizer's geometry and quality (`tok.prepare`), tokenized, and
+scored: bits = sum over tokens after BOS of -log2 p(token | previous tokens). Streams longer than
+the context are scored with sliding windows (each window advances by `stride` tokens and scores
+only tokens not scored before, so every token keeps at least block_size - stride tokens of context).
+The baseline is the entropy-coded scan of the prepared JPEG (`scan_bytes`); saving = 1 - bits /
+(8 * scan bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from dctgpt import checkpoint
+from dctgpt.model import GPT
+from tokenizer.base import TokenSequence
+
+log = logging.getLogger("dctgpt.evaluate")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    name: str
+    height: int
+    width: int
+    tokens: int
+    bits: float            # model NLL of the tokens after BOS
+    bits_per_pixel: float
+    scan_bytes: int        # JPEG's Huffman-coded scan of the same prepared image
+    saving: float          # 1 - bits / (8 * scan_bytes)
+
+
+@torch.no_grad()
+def sequence_nll(model: GPT, seq: TokenSequence, stride: int = 0) -> np.ndarray:
+    """Per-token NLL in nats (len(seq) - 1,): entry t-1 scores token t given the tokens before it."""
+    W = model.config.block_size
+    stride = stride or max(1, W // 2)
+    if not 0 < stride <= W:
+        raise ValueError(f"sequence_nll: stride={stride} must be in 1..block_size={W}")
+    device = next(model.parameters()).device
+    ids = torch.from_numpy(seq.ids.astype(np.int64)).to(device)
+    pos = torch.from_numpy(seq.positions.astype(np.int64)).to(device)
+    L = len(ids)
+    nll = np.zeros(max(L - 1, 0), np.float64)
+    scored, start = 0, 0  # targets 1..scored are done
+    while scored < L - 1:
+        end = min(start + W, L)
+        logits, _ = model(ids[None, start:end], pos[None, start:end])
+        losses = F.cross_entropy(logits[0, :-1].float(), ids[start + 1:end], reduction="none")
+        first = scored + 1  # first target not scored yet; it sits at logits index first - 1 - start
+        nll[first - 1:end - 1] = losses[first - 1 - start:].double().cpu().numpy()
+        scored = end - 1
+        start += stride
+    return nll
+
+
+def evaluate_image(model: GPT, tok, path: Path, stride: int = 0) -> ImageResult:
+    from tokenizer import scan_bytes  # the baseline is JPEG-specific; the model is not
+
+    prepared = tok.prepare(path)  # the JPEG that encode(path) tokenizes
+    seq = tok.encode(path)
+    width, height = Image.open(io.BytesIO(prepared)).size
+    bits = float(sequence_nll(model, seq, stride).sum() / math.log(2))
+    scan = scan_bytes(prepared)
+    return ImageResult(name=path.name, height=height, width=width, tokens=len(seq), bits=bits,
+                       bits_per_pixel=bits / (height * width), scan_bytes=scan,
+                       saving=1 - bits / (8 * scan))
+
+
+def list_images(directory: str | Path) -> list[Path]:
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: not a directory of images")
+    paths = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"{d}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+def summarize(results: list[ImageResult]) -> dict:
+    bits = sum(r.bits for r in results)
+    scan = sum(r.scan_bytes for r in results)
+    return {"images": len(results), "mean_bits_per_image": bits / len(results),
+            "mean_bits_per_pixel": float(np.mean([r.bits_per_pixel for r in results])),
+            "mean_scan_bytes": scan / len(results),
+            "mean_saving": float(np.mean([r.saving for r in results])),
+            "total_saving": 1 - bits / (8 * scan)}
+
+
+def format_table(results: list[ImageResult], summary: dict) -> str:
+    lines = [f"{'image':<28} {'size':>9} {'tokens':>7} {'bits':>10} {'bpp':>6} {'scan B':>8} {'saving':>7}"]
+    for r in results:
+        lines.append(f"{r.name[:28]:<28} {r.width:>4}x{r.height:<4} {r.tokens:>7} {r.bits:>10.0f} "
+                     f"{r.bits_per_pixel:>6.3f} {r.scan_bytes:>8} {r.saving:>7.1%}")
+    s = summary
+    lines.append(f"{'mean':<28} {'':>9} {'':>7} {s['mean_bits_per_image']:>10.0f} "
+                 f"{s['mean_bits_per_pixel']:>6.3f} {s['mean_scan_bytes']:>8.0f} {s['mean_saving']:>7.1%}")
+    return "\n".join(lines)
+
+
+def main(ckpt: str, images: str, json_path: str = "", stride: int = 0, device: str = "cpu",
+         progress: bool = True) -> dict:
+    """Evaluate every image in `images`; returns {"checkpoint", "images", "summary"} (also as JSON)."""
+    ck = checkpoint.load(ckpt, device)
+    paths = list_images(images)
+    results = [evaluate_image(ck.model, ck.tokenizer, p, stride)
+               for p in tqdm(paths, desc="evaluate", disable=not (progress and sys.stderr.isatty()))]
+    summary = summarize(results)
+    print(format_table(results, summary))
+    report = {"checkpoint": str(ck.directory), "iter_num": ck.meta.get("iter_num"),
+              "images": [asdict(r) for r in results], "summary": summary}
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def cli(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True, help="checkpoint dir (or the out_dir holding ckpt/)")
+    p.add_argument("--images", required=True, help="directory of images (held out from training)")
+    p.add_argument("--json", default="", help="write per-image and mean figures here")
+    p.add_argument("--stride", type=int, default=0, help="sliding-window stride (default block_size/2)")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main(a.ckpt, a.images, a.json, a.stride, a.device)
+
+
+if __name__ == "__main__":
+    cli()
