@@ -23,7 +23,8 @@ from safetensors.numpy import load_file, save_file
 from tokenizer.base import Tokenizer, TokenSequence, load_tokenizer
 
 
-def write_shard(path: str | os.PathLike, seqs: list[TokenSequence]) -> dict:
+def write_shard(path: str | os.PathLike, seqs: list[TokenSequence], metadata: dict[str, str] | None = None
+                ) -> dict:
     """Write sequences as one shard, atomically; returns {"sequences", "tokens"}."""
     path = Path(path)
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
@@ -36,7 +37,7 @@ def write_shard(path: str | os.PathLike, seqs: list[TokenSequence]) -> dict:
     if pos.size and (pos.max() > np.iinfo(np.int16).max):
         raise ValueError(f"{path}: a position exceeds int16 ({pos.max()})")
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"ids": ids, "positions": pos.astype(np.int16), "offsets": offsets}, str(tmp))
+    save_file({"ids": ids, "positions": pos.astype(np.int16), "offsets": offsets}, str(tmp), metadata)
     os.replace(tmp, path)
     return {"sequences": len(seqs), "tokens": int(offsets[-1])}
 

@@ -1,0 +1,113 @@
+"""The embedded corpus: real photographs that ship inside the scikit-image and scikit-learn wheels.
+
+No download: the files are read from the installed packages' folders. Train and val crops come from
+different photos (a stereo pair stays on one side). Crops are deterministic: crop i of a split is a
+function of (seed, split, i) only, at a random scale (log-uniform between the target size and the
+photo's short side), a random place, and a random horizontal flip.
+
+    python -m tokenizer.embedded --export data/embedded_val --split val --crops 64 --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TRAIN_PHOTOS = (
+    "skimage:astronaut.png", "skimage:camera.png", "skimage:rocket.jpg", "skimage:motorcycle_left.png",
+    "skimage:motorcycle_right.png", "skimage:hubble_deep_field.jpg", "skimage:retina.jpg",
+    "skimage:ihc.png", "skimage:brick.png", "skimage:grass.png", "skimage:gravel.png", "skimage:moon.png",
+    "skimage:coins.png", "skimage:cell.png", "skimage:clock_motion.png", "sklearn:flower.jpg",
+)
+VAL_PHOTOS = ("skimage:chelsea.png", "skimage:coffee.png", "sklearn:china.jpg")
+SPLITS = {"train": TRAIN_PHOTOS, "val": VAL_PHOTOS}
+
+
+def photo_path(key: str) -> Path:
+    """Where an installed wheel keeps the photo `package:file`."""
+    package, file = key.split(":")
+    if package == "skimage":
+        import skimage
+        folder = Path(skimage.__file__).parent / "data"
+    else:
+        import sklearn
+        folder = Path(sklearn.__file__).parent / "datasets" / "images"
+    path = folder / file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: photo missing from the installed {package} wheel")
+    return path
+
+
+@functools.cache
+def load_photo(key: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB (gray photos are replicated to 3 channels); cached, read-only."""
+    with Image.open(photo_path(key)) as im:
+        arr = np.asarray(im.convert("RGB"))
+    arr.flags.writeable = False
+    return arr
+
+
+@dataclass(frozen=True)
+class Crop:
+    name: str            # e.g. "val-000012-coffee"
+    pixels: np.ndarray   # (height, width, 3) uint8
+
+
+def crops(split: str, n: int, size: tuple[int, int], seed: int = 0, start: int = 0) -> Iterator[Crop]:
+    """Crops start..n-1 of `split`, each resized to `size` (height, width)."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {list(SPLITS)}")
+    photos = SPLITS[split]
+    h, w = size
+    for i in range(start, n):
+        rng = np.random.default_rng([seed, list(SPLITS).index(split), i])
+        key = photos[int(rng.integers(len(photos)))]
+        photo = load_photo(key)
+        ph, pw = photo.shape[:2]
+        fit = min(ph / h, pw / w)                         # largest scale whose crop fits the photo
+        scale = float(np.exp(rng.uniform(0.0, np.log(max(fit, 1.0)))))
+        ch, cw = min(ph, max(1, round(h * scale))), min(pw, max(1, round(w * scale)))
+        y, x = int(rng.integers(ph - ch + 1)), int(rng.integers(pw - cw + 1))
+        img = Image.fromarray(photo[y:y + ch, x:x + cw])
+        if (ch, cw) != (h, w):
+            img = img.resize((w, h), Image.Resampling.LANCZOS)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        stem = os.path.splitext(key.split(":")[1])[0]
+        yield Crop(f"{split}-{i:06d}-{stem}", np.asarray(img))
+
+
+def export(out: str | os.PathLike, split: str, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    """Write crops as lossless PNG files (for evaluation or the comparison command)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for c in crops(split, n, size, seed):
+        p = out / f"{c.name}.png"
+        Image.fromarray(c.pixels).save(p)
+        paths.append(p)
+    return paths
+
+
+def cli(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Export crops of the embedded photo corpus as PNG files.")
+    ap.add_argument("--export", required=True, help="output folder")
+    ap.add_argument("--split", default="val", choices=list(SPLITS))
+    ap.add_argument("--crops", type=int, default=64)
+    ap.add_argument("--size", type=int, nargs="+", default=[64], help="side, or height width")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    size = (a.size[0], a.size[-1])
+    paths = export(a.export, a.split, a.crops, size, a.seed)
+    print(f"wrote {len(paths)} {size[0]}x{size[1]} {a.split} crops to {a.export}")
+
+
+if __name__ == "__main__":
+    cli()

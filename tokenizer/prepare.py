@@ -1,0 +1,304 @@
+"""Corpus tokenization: images -> sharded token files for training (layout: tokenizer.shards).
+
+    python -m tokenizer.prepare --source embedded --out data/embedded64 --size 64 64 --quality 25
+    python -m tokenizer.prepare --source photos/ --out data/photos --tokenizer data/embedded64/tokenizer
+    python -m tokenizer.prepare --source hf:some/dataset --out data/hf   # datasets.load_dataset
+
+Sources: "embedded" (photos in the scikit-image / scikit-learn wheels, train and val crops from
+different photos); a folder of images (val chosen by a stable hash of each relative path); a
+Hugging Face dataset saved locally (save_to_disk output, parquet or arrow files, or "hf:NAME" for
+anything `datasets.load_dataset` takes, an imagefolder included), any image column.
+
+Work is cut into shards planned up front; shards are tokenized in parallel processes and each is
+written whole (temporary name, then rename), so a killed run resumes where it stopped. A file that
+cannot be tokenized is skipped with a one-line warning naming it, never aborting the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from tqdm import tqdm
+
+from tokenizer.base import load_tokenizer, write_json_atomic
+from tokenizer.shards import write_shard
+
+log = logging.getLogger("tokenizer.prepare")
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where images come from; picklable so each worker process can reopen it."""
+
+    kind: str                    # "embedded" | "folder" | "hf"
+    path: str = ""
+    image_column: str | None = None
+    crop_size: tuple[int, int] = (64, 64)
+    seed: int = 0
+
+
+def plan_items(src: Source, train_crops: int, val_crops: int, val_fraction: float) -> dict[str, list]:
+    """Per split, the list of item references (crop index, file path or row key), deterministic."""
+    if src.kind == "embedded":
+        return {"train": list(range(train_crops)), "val": list(range(val_crops))}
+    if src.kind == "folder":
+        root = Path(src.path)
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise FileNotFoundError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTS))})")
+        return _hash_split(files, val_fraction)
+    splits = _hf_splits(src)
+    names = list(splits)
+    if len(names) > 1:
+        val = next((n for n in ("validation", "val", "test") if n in names), None)
+        train = "train" if "train" in names else next(n for n in names if n != val)
+        if val is not None:
+            return {"train": [[train, i] for i in range(len(splits[train]))],
+                    "val": [[val, i] for i in range(len(splits[val]))]}
+    name = names[0] if len(names) == 1 else ("train" if "train" in names else names[0])
+    return _hash_split([[name, i] for i in range(len(splits[name]))], val_fraction)
+
+
+def _hash_split(items: list, val_fraction: float) -> dict[str, list]:
+    def frac(item: Any) -> float:
+        return int(hashlib.md5(json.dumps(item).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return {"train": [i for i in items if frac(i) >= val_fraction],
+            "val": [i for i in items if frac(i) < val_fraction]}
+
+
+def _hf_splits(src: Source) -> dict:
+    """name -> datasets.Dataset for a local saved dataset, parquet/arrow files or a load_dataset name."""
+    import datasets
+
+    p = Path(src.path)
+    if src.path.startswith("hf:"):
+        ds = datasets.load_dataset(src.path[3:])
+    elif (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
+        ds = datasets.load_from_disk(str(p))
+    else:
+        for fmt, ext in (("parquet", "parquet"), ("arrow", "arrow")):
+            files = sorted(str(f) for f in p.rglob(f"*.{ext}"))
+            if files:
+                ds = datasets.load_dataset(fmt, data_files=files)
+                break
+        else:
+            ds = datasets.load_dataset("imagefolder", data_dir=str(p))
+    return dict(ds) if isinstance(ds, datasets.DatasetDict) else {"train": ds}
+
+
+def _image_column(ds: Any, wanted: str | None, where: str) -> str:
+    import datasets
+
+    if wanted is not None:
+        if wanted not in ds.column_names:
+            raise ValueError(f"{where}: no column {wanted!r}; columns are {ds.column_names}")
+        return wanted
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            return name
+    for name in ("image", "img", "jpg", "png"):
+        if name in ds.column_names:
+            return name
+    raise ValueError(f"{where}: no image column among {ds.column_names}; pass --image_column")
+
+
+class _Reader:
+    """Opens a Source once per process and returns (name, media) for an item reference."""
+
+    def __init__(self, src: Source):
+        self.src = src
+        self.hf: dict = {}
+
+    def read(self, split: str, ref: Any) -> tuple[str, Any]:
+        src = self.src
+        if src.kind == "embedded":
+            from tokenizer.embedded import crops
+            crop = next(crops(split, ref + 1, src.crop_size, src.seed, start=ref))
+            return crop.name, crop.pixels
+        if src.kind == "folder":
+            return str(Path(src.path) / ref), Path(src.path) / ref
+        name, row = ref
+        if name not in self.hf:
+            import datasets
+            ds = _hf_splits(src)[name]
+            col = _image_column(ds, src.image_column, src.path)
+            if isinstance(ds.features[col], datasets.Image):
+                ds = ds.cast_column(col, datasets.Image(decode=False))   # raw bytes: JPEGs stay JPEGs
+            self.hf[name] = (ds, col)
+        ds, col = self.hf[name]
+        value = ds[row][col]
+        where = f"{src.path}[{name}][{row}]"
+        if isinstance(value, dict):
+            value = value.get("bytes") or value.get("path")
+        return where, value
+
+
+_WORKER: dict = {}
+
+
+def _tokenize_shard(job: dict) -> dict:
+    """Tokenize one shard's items and write the shard; returns its stats."""
+    if _WORKER.get("key") != (job["tokenizer"], job["source"]):
+        _WORKER.update(key=(job["tokenizer"], job["source"]), tok=load_tokenizer(job["tokenizer"]),
+                       reader=_Reader(Source(**job["source"])))
+    tok, reader = _WORKER["tok"], _WORKER["reader"]
+    seqs, skipped = [], []
+    for ref in job["refs"]:
+        name = str(ref)
+        try:
+            name, media = reader.read(job["split"], ref)
+            seqs.append(tok.encode(media, name))
+        except Exception as e:    # a bad file is skipped with its reason, never aborts the run
+            skipped.append([name, f"{type(e).__name__}: {e}".splitlines()[0][:300]])
+    stats = write_shard(job["path"], seqs, metadata={"skipped": json.dumps(skipped)})
+    return {**stats, "split": job["split"], "skipped": skipped, "path": job["path"]}
+
+
+def prepare(src: Source, out: str | os.PathLike, tokenizer: Any, train_crops: int = 8000,
+            val_crops: int = 512, val_fraction: float = 0.05, shard_size: int = 1000,
+            workers: int | None = None, progress: bool = True) -> dict:
+    """Tokenize `src` into the corpus directory `out`; resumes a killed run with the same plan."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = out / "tokenizer"
+    items = plan_items(src, train_crops, val_crops, val_fraction)
+    plan = {"source": asdict(src), "tokenizer": json.loads(json.dumps(asdict(tokenizer.config)))
+            if hasattr(tokenizer, "config") else tokenizer.name, "shard_size": shard_size,
+            "items": hashlib.sha256(json.dumps(items).encode()).hexdigest()}
+    plan_path = out / "plan.json"
+    if plan_path.is_file():
+        if json.loads(plan_path.read_text()) != plan:
+            raise ValueError(f"{out}: holds a corpus made with other settings ({plan_path}); "
+                             "choose a new --out or delete it")
+    else:
+        tokenizer.save(tok_dir)
+        write_json_atomic(plan_path, plan)
+    jobs = []
+    for split, refs in items.items():
+        (out / split).mkdir(exist_ok=True)
+        for s in range(0, len(refs), shard_size):
+            path = out / split / f"shard-{s // shard_size:05d}.safetensors"
+            jobs.append({"split": split, "refs": refs[s:s + shard_size], "path": str(path),
+                         "tokenizer": str(tok_dir), "source": asdict(src)})
+    done = [_read_stats(j) for j in jobs if Path(j["path"]).is_file()]
+    todo = [j for j in jobs if not Path(j["path"]).is_file()]
+    workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
+    bar = tqdm(total=sum(len(j["refs"]) for j in jobs), initial=sum(s["sequences"] + len(s["skipped"])
+               for s in done), unit="img", desc="tokenize", disable=not progress or None)
+    ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
+    with ctx.Pool(workers) if workers > 1 else _Serial() as pool:
+        for stats in pool.imap_unordered(_tokenize_shard, todo):
+            for name, why in stats["skipped"]:
+                log.warning("skipped %s: %s", name, why)
+            bar.update(stats["sequences"] + len(stats["skipped"]))
+            done.append(stats)
+    bar.close()
+    return _write_manifest(out, tokenizer, src, jobs, done)
+
+
+class _Serial:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def imap_unordered(self, fn, jobs):
+        return map(fn, jobs)
+
+
+def _read_stats(job: dict) -> dict:
+    with safe_open(job["path"], "numpy") as f:
+        meta = f.metadata() or {}
+        n = f.get_slice("offsets").get_shape()[0] - 1
+        tokens = int(f.get_slice("offsets")[n:n + 1][0]) if n > 0 else 0
+    return {"sequences": n, "tokens": tokens, "split": job["split"], "path": job["path"],
+            "skipped": json.loads(meta.get("skipped", "[]"))}
+
+
+def _write_manifest(out: Path, tokenizer: Any, src: Source, jobs: list, done: list) -> dict:
+    by_path = {s["path"]: s for s in done}
+    splits: dict[str, dict] = {}
+    for j in jobs:
+        s = by_path[j["path"]]
+        d = splits.setdefault(j["split"], {"shards": [], "sequences": 0, "tokens": 0, "skipped": []})
+        d["shards"].append(Path(j["path"]).name)
+        d["sequences"] += s["sequences"]
+        d["tokens"] += s["tokens"]
+        d["skipped"] += s["skipped"]
+    nbytes = sum(Path(j["path"]).stat().st_size for j in jobs)
+    manifest = {"tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size, "source": asdict(src),
+                "bytes": nbytes, "splits": splits}
+    write_json_atomic(out / "corpus.json", manifest)
+    return manifest
+
+
+def summary(manifest: dict) -> str:
+    lines = [f"{'split':6} {'images':>8} {'tokens':>11} {'tok/img':>8} {'skipped':>8}"]
+    for name, d in manifest["splits"].items():
+        per = d["tokens"] / max(1, d["sequences"])
+        lines.append(f"{name:6} {d['sequences']:8d} {d['tokens']:11d} {per:8.1f} {len(d['skipped']):8d}")
+    lines.append(f"shards on disk: {manifest['bytes'] / 1e6:.1f} MB; vocab {manifest['vocab_size']}")
+    for name, d in manifest["splits"].items():
+        for file, why in d["skipped"][:10]:
+            lines.append(f"skipped ({name}) {file}: {why}")
+    return "\n".join(lines)
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    from tokenizer.jpeg import JpegDctConfig, JpegDctTokenizer
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--source", required=True, help='"embedded", a folder, a saved dataset or hf:NAME')
+    ap.add_argument("--out", required=True, help="corpus directory to write (or resume)")
+    ap.add_argument("--tokenizer", help="a saved tokenizer directory (overrides the options below)")
+    ap.add_argument("--quality", type=int, default=25)
+    ap.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("HEIGHT", "WIDTH"))
+    ap.add_argument("--subsampling", default="4:2:0")
+    ap.add_argument("--order", default="raster")
+    ap.add_argument("--train_crops", type=int, default=8000, help="embedded source: train crops")
+    ap.add_argument("--val_crops", type=int, default=512, help="embedded source: val crops")
+    ap.add_argument("--val_fraction", type=float, default=0.05)
+    ap.add_argument("--image_column")
+    ap.add_argument("--shard_size", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.tokenizer:
+        tok = load_tokenizer(a.tokenizer)
+    else:
+        tok = JpegDctTokenizer(JpegDctConfig(quality=a.quality, size=tuple(a.size),
+                                             subsampling=a.subsampling, order=a.order))
+    size = getattr(getattr(tok, "config", None), "size", None) or tuple(a.size)
+    if a.source == "embedded":
+        src = Source("embedded", crop_size=tuple(size), seed=a.seed)
+    elif a.source.startswith("hf:"):
+        src = Source("hf", a.source, a.image_column)
+    else:
+        p = Path(a.source)
+        if not p.is_dir():
+            raise SystemExit(f"{p}: no such folder")
+        is_hf = any((p / f).is_file() for f in ("dataset_dict.json", "state.json")) or \
+            any(p.rglob("*.parquet")) or any(p.rglob("*.arrow"))
+        src = Source("hf" if is_hf else "folder", str(p), a.image_column)
+    manifest = prepare(src, a.out, tok, a.train_crops, a.val_crops, a.val_fraction, a.shard_size,
+                       a.workers, progress=sys.stderr.isatty())
+    print(summary(manifest))
+    return manifest
+
+
+if __name__ == "__main__":
+    cli()
