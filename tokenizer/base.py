@@ -120,7 +120,8 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     """Rebuild whichever tokenizer was saved in `directory`, with the same config and ids."""
-    import tokenizer  # noqa: F401  (importing the package registers every tokenizer)
+    import tokenizer.bpe  # noqa: F401  (importing registers the tokenizers)
+    import tokenizer.jpeg  # noqa: F401
 
     name = read_config(directory)["name"]
     if name not in REGISTRY:

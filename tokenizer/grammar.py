@@ -14,6 +14,8 @@ escape payloads within JPEG's limits (|DC difference| <= 2047, |AC| <= 1023).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from tokenizer.base import TokenizerError
@@ -34,6 +36,12 @@ class JpegGrammar:
         self.done = False
         self._pending: list[int] = []      # allowed maxima of the escape bytes still to come
         self._pending_pos = None
+
+    def copy(self) -> JpegGrammar:
+        """An independent cursor at the same place (masks and layout are shared, read-only)."""
+        g = copy.copy(self)
+        g.header, g._pending = list(self.header), list(self._pending)
+        return g
 
     # -- masks ------------------------------------------------------------------------------------
     def _mask(self, key: tuple) -> np.ndarray:
