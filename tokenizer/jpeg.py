@@ -109,7 +109,8 @@ class JpegDctTokenizer:
             info = parse_jpeg(data, name)
             size_ok = c.size is None or (info.height, info.width) == c.size
             tables = [info.qtables.get(t) for t in info.table_of]
-            same_q = c.quality is None or (None not in tables and info.subsampling == c.subsampling
+            same_q = c.quality is None or (all(t is not None for t in tables)
+                                           and info.subsampling == c.subsampling
                                            and standard_quality(np.stack(tables)) == c.quality)
             if size_ok and same_q:
                 return data

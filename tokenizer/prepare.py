@@ -3,11 +3,12 @@
     python -m tokenizer.prepare --source embedded --out data/embedded64 --size 64 64 --quality 25
     python -m tokenizer.prepare --source photos/ --out data/photos --tokenizer data/embedded64/tokenizer
     python -m tokenizer.prepare --source hf:some/dataset --out data/hf   # datasets.load_dataset
+    python -m tokenizer.prepare --source hf:photos/ --out data/hf        # an imagefolder dataset
 
 Sources: "embedded" (photos in the scikit-image / scikit-learn wheels, train and val crops from
 different photos); a folder of images (val chosen by a stable hash of each relative path); a
-Hugging Face dataset saved locally (save_to_disk output, parquet or arrow files, or "hf:NAME" for
-anything `datasets.load_dataset` takes, an imagefolder included), any image column.
+Hugging Face dataset saved locally (save_to_disk output, parquet or arrow files), "hf:NAME" for
+anything `datasets.load_dataset` takes, or "hf:FOLDER" for an imagefolder dataset; any image column.
 
 Work is cut into shards planned up front; shards are tokenized in parallel processes and each is
 written whole (temporary name, then rename), so a killed run resumes where it stopped. A file that
@@ -84,7 +85,9 @@ def _hf_splits(src: Source) -> dict:
 
     p = Path(src.path)
     if src.path.startswith("hf:"):
-        ds = datasets.load_dataset(src.path[3:])
+        name = src.path[3:]
+        ds = (datasets.load_dataset("imagefolder", data_dir=name) if Path(name).is_dir()
+              else datasets.load_dataset(name))
     elif (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
         ds = datasets.load_from_disk(str(p))
     else:
@@ -94,7 +97,7 @@ def _hf_splits(src: Source) -> dict:
                 ds = datasets.load_dataset(fmt, data_files=files)
                 break
         else:
-            ds = datasets.load_dataset("imagefolder", data_dir=str(p))
+            raise FileNotFoundError(f"{p}: neither a saved dataset nor parquet/arrow files")
     return dict(ds) if isinstance(ds, datasets.DatasetDict) else {"train": ds}
 
 
@@ -174,9 +177,9 @@ def prepare(src: Source, out: str | os.PathLike, tokenizer: Any, train_crops: in
     out.mkdir(parents=True, exist_ok=True)
     tok_dir = out / "tokenizer"
     items = plan_items(src, train_crops, val_crops, val_fraction)
-    plan = {"source": asdict(src), "tokenizer": json.loads(json.dumps(asdict(tokenizer.config)))
-            if hasattr(tokenizer, "config") else tokenizer.name, "shard_size": shard_size,
-            "items": hashlib.sha256(json.dumps(items).encode()).hexdigest()}
+    plan = json.loads(json.dumps({
+        "source": asdict(src), "tokenizer": tokenizer.name, "config": asdict(tokenizer.config),
+        "shard_size": shard_size, "items": hashlib.sha256(json.dumps(items).encode()).hexdigest()}))
     plan_path = out / "plan.json"
     if plan_path.is_file():
         if json.loads(plan_path.read_text()) != plan:
