@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_corpus import make_corpus
+from tiny_corpus import make_corpus, write_images
 
 import train
 from dctgpt import checkpoint
@@ -128,3 +128,15 @@ def test_two_process_gloo_ddp_matches_one_process(corpus_dir, tmp_path):
     assert [int(r["iter"]) for r in rows] == list(range(6))
     for r in rows:  # the two processes' micro-batches are the single process's accumulation steps
         assert float(r["train_loss"]) == pytest.approx(single.train_loss[int(r["iter"])], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_missing_corpus_is_tokenized_first_through_prepare_args(tmp_path):
+    write_images(tmp_path / "photos", 16, size=16)
+    data = tmp_path / "data"
+    cfg = tiny_config(data, tmp_path / "out", max_iters=2, eval_interval=2,
+                      prepare_args=f"--source {tmp_path / 'photos'} --size 16 16 --quality 50 "
+                                   "--val_fraction 0.25 --workers 1")
+    result = train.main(cfg)
+    assert (data / "corpus.json").is_file() and sorted(result.train_loss) == [0, 1]
+    assert checkpoint.load(tmp_path / "out").tokenizer.config.size == (16, 16)
