@@ -197,7 +197,7 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
     model = GPT(cfg.model_config(tok.vocab_size)).to(device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                            device_type)
-    iter_num, best_val = 0, float("inf")
+    iter_num, best_val, elapsed_before = 0, float("inf"), 0.0
     if cfg.init_from == "resume":
         ck = checkpoint.resolve(out)
         resumed = checkpoint.load(ck, device)
@@ -208,6 +208,7 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
         checkpoint.load_optimizer(ck, optimizer)
         checkpoint.load_rng(ck)
         iter_num, best_val = resumed.meta["iter_num"], resumed.meta["best_val_loss"]
+        elapsed_before = resumed.meta.get("elapsed_s", 0.0)
         log.info("resuming from %s at iteration %d", ck, iter_num)
     start_iter = iter_num
     raw = model
@@ -224,7 +225,7 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
     if master:
         log.info("model: %.2fM parameters, vocab %d; %d tokens per iteration (%d processes)",
                  raw.get_num_params() / 1e6, tok.vocab_size, tokens_per_iter, world)
-    t_start = time.time()
+    t_start = time.time() - elapsed_before  # elapsed_s counts the whole run across resumes
 
     def eval_and_save(it: int) -> None:
         nonlocal best_val
@@ -240,7 +241,8 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
             best_val = min(best_val, val)
             checkpoint.save(out, raw, optimizer, tok, {
                 "iter_num": it, "best_val_loss": best_val, "train_config": to_dict(cfg),
-                "data_dir": str(cfg.data_dir), "val_bits_per_image": bits})
+                "data_dir": str(cfg.data_dir), "val_bits_per_image": bits,
+                "elapsed_s": time.time() - t_start})
         book.plot()
 
     if cfg.eval_only:

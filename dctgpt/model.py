@@ -105,17 +105,20 @@ class KVCache:
     so nothing else shifts).
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str = "cpu"):
         self.window = config.block_size
         hs = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, 2 * config.block_size, hs)  # room to roll in amortized O(1)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.shape = (batch_size, config.n_head, 2 * config.block_size, hs)  # room to roll, amortized O(1)
+        self.k: list[torch.Tensor] = []  # per layer, allocated on first use in the keys' dtype
+        self.v: list[torch.Tensor] = []
+        self.n_layer = config.n_layer
         self.length = 0    # valid entries (same for every layer once a forward pass completes)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add k, v (B, nh, T, hs) to `layer`; return this layer's keys and values, window included."""
+        if layer == len(self.k):
+            self.k.append(torch.zeros(self.shape, device=k.device, dtype=k.dtype))
+            self.v.append(torch.zeros(self.shape, device=v.device, dtype=v.dtype))
         T, cap, n = k.size(2), self.k[layer].size(2), self.length
         if n + T > cap:  # keep the last window - T entries at the front
             keep = max(0, min(n, self.window - T))
@@ -127,7 +130,7 @@ class KVCache:
         self.k[layer][:, :, n:n + T] = k
         self.v[layer][:, :, n:n + T] = v
         start = max(0, n + T - self.window)
-        if layer == len(self.k) - 1:  # every layer computed the same n from the old length
+        if layer == self.n_layer - 1:  # every layer computed the same n from the old length
             self.length = n + T
         return self.k[layer][:, :, start:n + T], self.v[layer][:, :, start:n + T]
 
