@@ -4,7 +4,8 @@ For a given header (geometry, layout) and block order, valid streams form a regu
 cursor walks the same unit schedule as the codec (`BlockLayout.units`) and allows exactly the
 streams `encode` can produce whose coefficients baseline libjpeg can write: runs that stay inside
 their block or band, no ZRL before EOB, SKIP runs that are maximal (so each image has one stream),
-escape payloads within JPEG's limits (|DC difference| <= 2047, |AC| <= 1023).
+DC values within 8-bit JPEG's range (-1024..1023, tracked per component, so every DC difference fits
+baseline coding in any block order) and |AC| <= 1023.
 
     g = tok.grammar()            # or tok.grammar(prefix) to continue a prefix
     while not g.done:
@@ -20,9 +21,7 @@ import numpy as np
 
 from tokenizer.base import TokenizerError
 from tokenizer.dct_tokens import EOB_FREQ, HEADER_LEN, Vocab, block_layout
-from tokenizer.jpeg_io import SUBSAMPLINGS
-
-DC_LIMIT, AC_LIMIT = 2047, 1023   # largest magnitudes 8-bit baseline Huffman coding can carry
+from tokenizer.jpeg_io import AC_MAX, DC_MAX, DC_MIN, SUBSAMPLINGS
 
 
 class JpegGrammar:
@@ -36,11 +35,13 @@ class JpegGrammar:
         self.done = False
         self._pending: list[int] = []      # allowed maxima of the escape bytes still to come
         self._pending_pos = None
+        self._dc: list[int] = []            # current DC value per component
+        self._dc_escape = None              # (component, sign, payload so far) of a DC escape
 
     def copy(self) -> JpegGrammar:
         """An independent cursor at the same place (masks and layout are shared, read-only)."""
         g = copy.copy(self)
-        g.header, g._pending = list(self.header), list(self._pending)
+        g.header, g._pending, g._dc = list(self.header), list(self._pending), list(self._dc)
         return g
 
     # -- masks ------------------------------------------------------------------------------------
@@ -63,8 +64,12 @@ class JpegGrammar:
         elif kind == "quality":
             m[v.quality:v.quality + 100] = True
             m[v.qt_custom] = True
-        elif kind == "dc":
-            m[v.dc:v.ac] = True
+        elif kind == "dc":                          # DC differences lo..hi (clipped to the direct range)
+            _, lo, hi = key
+            r = v.dc_range
+            m[v.dc + max(lo, -r) + r:v.dc + min(hi, r) + r + 1] = True
+            m[v.dc + 2 * r + 1] = hi > r            # escape +
+            m[v.dc + 2 * r + 2] = lo < -r           # escape -
         elif kind == "ac":
             _, room, fresh, after_zrl, skip_max = key
             for r in range(min(16, room)):
@@ -84,7 +89,9 @@ class JpegGrammar:
             return self._mask(("ids", (self.vocab.eos,)))
         _, s, e = self.units[self.u]
         if s == 0:
-            return self._mask(("dc",))
+            lo, hi = self._dc_room()
+            r = self.vocab.dc_range
+            return self._mask(("dc", max(lo, -r - 1), min(hi, r + 1)))
         fresh = self.k == s
         skip_max = 0
         if fresh and self.order != "raster" and not self.no_skip:
@@ -129,6 +136,13 @@ class JpegGrammar:
         limit = self._pending.pop(0)
         if self._pending and token - self.vocab.byte < limit:
             self._pending[0] = 255                  # high byte below its limit frees the low byte
+        if self._dc_escape is not None:
+            c, sign, payload = self._dc_escape
+            payload = payload * 256 + token - self.vocab.byte
+            self._dc_escape = (c, sign, payload)
+            if not self._pending:
+                self._dc[c] += sign * (payload + self.vocab.dc_range + 1)
+                self._dc_escape = None
         return self._pending_pos
 
     def _push_header(self, token: int) -> np.ndarray:
@@ -149,6 +163,7 @@ class JpegGrammar:
             sub = list(SUBSAMPLINGS)[self.header[1] - v.sub]
             self.layout = block_layout(height, width, sub, self.order, self.bands)
             self.units = self.layout.units.tolist()
+            self._dc = [0] * len(self.layout.grid)
             self._enter(0)
         return pos
 
@@ -163,13 +178,24 @@ class JpegGrammar:
         lay = self.layout
         return np.array([0, lay.comp[b] + 1, lay.row[b], lay.col[b], freq])
 
+    def _dc_room(self) -> tuple[int, int]:
+        """Smallest and largest DC difference that keep this block's DC within DC_MIN..DC_MAX."""
+        dc = self._dc[self.layout.comp[self.units[self.u][0]]]
+        return DC_MIN - dc, DC_MAX - dc
+
     def _push_body(self, token: int) -> np.ndarray:
         v = self.vocab
         _, s, e = self.units[self.u]
         if s == 0:                                   # DC
             pos = self._position(0)
-            if token >= v.dc + 2 * v.dc_range + 1:
-                self._escape(pos, DC_LIMIT - v.dc_range - 1)
+            c, r = int(self.layout.comp[self.units[self.u][0]]), v.dc_range
+            if token >= v.dc + 2 * r + 1:
+                lo, hi = self._dc_room()
+                sign = 1 if token == v.dc + 2 * r + 1 else -1
+                self._escape(pos, (hi if sign > 0 else -lo) - r - 1)
+                self._dc_escape = (c, sign, 0)
+            else:
+                self._dc[c] += token - v.dc - r
             self._enter(self.u + 1)
             return pos
         if token == v.eob:
@@ -192,7 +218,7 @@ class JpegGrammar:
         self.after_zrl = False
         pos = self._position(self.k - 1)
         if slot >= 2 * v.ac_range:
-            self._escape(pos, AC_LIMIT - v.ac_range - 1)
+            self._escape(pos, AC_MAX - v.ac_range - 1)
         return pos
 
     def _escape(self, pos: np.ndarray, max_payload: int) -> None:

@@ -107,13 +107,15 @@ class JpegDctTokenizer:
         c = self.config
         if data is not None and data[:2] == b"\xff\xd8":
             info = parse_jpeg(data, name)
+            if info.height * info.width > c.max_pixels:
+                raise TokenizerError(f"{name}: {info.width}x{info.height} is over max_pixels={c.max_pixels}")
             size_ok = c.size is None or (info.height, info.width) == c.size
             tables = [info.qtables.get(t) for t in info.table_of]
             same_q = c.quality is None or (all(t is not None for t in tables)
                                            and info.subsampling == c.subsampling
                                            and standard_quality(np.stack(tables)) == c.quality)
-            if size_ok and same_q:
-                return data
+            if size_ok and same_q and (c.quality is None or info.orientation == 1):
+                return data     # (a rotated JPEG is decoded, turned upright and re-encoded)
             if c.quality is None:
                 raise TokenizerError(f"{name}: quality=None keeps a JPEG as it is, but it is "
                                      f"{info.width}x{info.height}, not the configured size {c.size}")
@@ -149,7 +151,11 @@ class JpegDctTokenizer:
 
     def decode(self, seq: TokenSequence) -> bytes:
         """Token stream in, the bytes of a baseline JPEG file out."""
-        return write_coefficients(self.decode_coefficients(seq))
+        coef = self.decode_coefficients(seq)
+        try:
+            return write_coefficients(coef)
+        except OSError as e:   # libjpeg refuses what baseline JPEG cannot hold (the grammar never allows)
+            raise TokenizerError(f"stream holds coefficients libjpeg cannot write ({e})") from None
 
     def header(self, height: int, width: int, quality: int | None = None,
                subsampling: str | None = None) -> TokenSequence:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -30,6 +31,10 @@ _LUMA = np.array([
 _CHROMA = np.array([
     17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
     47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32)
+
+# Quantized coefficients 8-bit JPEG can hold: an 8x8 block of 8-bit samples has DC in -1024..1016 and
+# |AC| < 1024, and baseline Huffman coding carries |DC difference| <= 2047 and |AC| <= 1023.
+DC_MIN, DC_MAX, AC_MAX = -1024, 1023, 1023
 
 # Sampling layouts the tokenizer writes and reads: name -> luma (h, v); chroma is always 1x1.
 SUBSAMPLINGS = {"gray": None, "4:4:4": (1, 1), "4:2:0": (2, 2), "4:2:2": (2, 1), "4:4:0": (1, 2)}
@@ -105,6 +110,7 @@ class JpegInfo:
     table_of: tuple[int, ...]         # table slot per component
     scan_bytes: int                   # entropy-coded bytes of all scans (RST markers included)
     adobe_transform: int | None
+    orientation: int = 1              # EXIF orientation (1 = as stored)
 
     @property
     def subsampling(self) -> str | None:
@@ -124,7 +130,7 @@ def parse_jpeg(data: bytes, name: str = "<bytes>") -> JpegInfo:
     i, n = 2, len(data)
     sof = info = None
     qtables: dict[int, np.ndarray] = {}
-    scan, adobe = 0, None
+    scan, adobe, orientation = 0, None, 1
     while True:
         while i < n and data[i] != 0xFF:  # tolerate junk between segments, as libjpeg does
             i += 1
@@ -165,6 +171,8 @@ def parse_jpeg(data: bytes, name: str = "<bytes>") -> JpegInfo:
                 raw = seg[j + 1:j + 1 + size]
                 qtables[tq] = np.frombuffer(raw, ">u2" if pq else "u1").astype(np.uint16)
                 j += 1 + size
+        elif marker == 0xE1 and seg[:6] == b"Exif\0\0":
+            orientation = _exif_orientation(seg[6:])
         elif marker == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
             adobe = seg[11]
         elif marker == 0xDA:
@@ -177,7 +185,23 @@ def parse_jpeg(data: bytes, name: str = "<bytes>") -> JpegInfo:
     if scan == 0:
         raise ValueError(f"{name}: no scan data (SOS): not a complete JPEG")
     prec, h, w, comps, table_of = info
-    return JpegInfo(sof, prec, h, w, comps, qtables, table_of, scan, adobe)
+    return JpegInfo(sof, prec, h, w, comps, qtables, table_of, scan, adobe, orientation)
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 in an EXIF TIFF block; 1 if absent or unreadable."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    if ifd + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+    for e in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
+        tag, kind, _, value = struct.unpack(order + "HHIH", tiff[e:e + 10])
+        if tag == 0x0112 and kind == 3:
+            return value if 1 <= value <= 8 else 1
+    return 1
 
 
 def scan_bytes(data: bytes) -> int:
@@ -217,12 +241,21 @@ def read_coefficients(data: bytes, name: str = "<bytes>") -> Coefficients:
     qt = np.stack([info.qtables[t] for t in info.table_of])
     if qt.max() > 255:
         raise ValueError(f"{name}: 16-bit quantization tables are not supported")
-    with _tempfile(data) as path:
+    if qt.min() == 0:
+        raise ValueError(f"{name}: a quantization table has a zero entry")
+    jpeg = None
+    with _tempfile(data) as path, _LibjpegMessages() as messages:
         try:
             jpeg = jpeglib.read_dct(path)
             jpeg.load()
-        except (OSError, ValueError, IndexError) as e:
-            raise ValueError(f"{name}: libjpeg could not read the coefficients ({e})") from None
+        except (OSError, ValueError, IndexError):
+            jpeg = None
+    if jpeg is None:
+        raise ValueError(f"{name}: libjpeg could not read the coefficients "
+                         f"({'; '.join(messages.lines) or 'no reason given'})")
+    lost = [m for m in messages.lines if any(w in m for w in _DATA_LOSS)]
+    if lost:
+        raise ValueError(f"{name}: truncated or corrupt JPEG data (libjpeg: {'; '.join(lost)})")
     planes = [jpeg.Y] if sub == "gray" else [jpeg.Y, jpeg.Cb, jpeg.Cr]
     grid = block_grid(info.height, info.width, sub)
     blocks = []
@@ -230,17 +263,25 @@ def read_coefficients(data: bytes, name: str = "<bytes>") -> Coefficients:
         if plane is None or plane.shape[:2] != (rows, cols):
             raise ValueError(f"{name}: coefficient planes do not match the frame header")
         blocks.append(plane.reshape(rows, cols, 64)[:, :, ZIGZAG].astype(np.int16))
+        dc, ac = blocks[-1][:, :, 0], blocks[-1][:, :, 1:]
+        if dc.size and (dc.min() < DC_MIN or dc.max() > DC_MAX or ac.min() < -AC_MAX or ac.max() > AC_MAX):
+            raise ValueError(f"{name}: coefficients outside 8-bit JPEG's range (DC {DC_MIN}..{DC_MAX}, "
+                             f"AC +-{AC_MAX}): corrupt data")
     return Coefficients(info.height, info.width, sub, tuple(blocks), qt.astype(np.uint16))
 
 
 def write_coefficients(coef: Coefficients) -> bytes:
     """A baseline JPEG file holding exactly these coefficients and tables (Huffman-optimized)."""
     planes = [np.ascontiguousarray(b[:, :, UNZIGZAG].reshape(*b.shape[:2], 8, 8)) for b in coef.blocks]
-    tables, table_of = np.unique(coef.qtables, axis=0, return_inverse=True)
+    # Distinct tables in order of first use: jpeglib fills a slot it has no defaults for (2, 3) from
+    # qt[component] rather than qt[slot], which agree only when slot k is first used by component k.
+    slot_of: dict[bytes, int] = {}
+    table_of = [slot_of.setdefault(t.tobytes(), len(slot_of)) for t in coef.qtables]
+    tables = np.stack([coef.qtables[table_of.index(k)] for k in range(len(slot_of))])
     qt = np.ascontiguousarray(tables[:, UNZIGZAG].reshape(-1, 8, 8), dtype=np.uint16)
     gray = coef.subsampling == "gray"
     jpeg = jpeglib.from_dct(Y=planes[0], Cb=None if gray else planes[1], Cr=None if gray else planes[2],
-                            qt=qt, quant_tbl_no=np.asarray(table_of).ravel().tolist())
+                            qt=qt, quant_tbl_no=table_of)
     jpeg.height, jpeg.width = coef.height, coef.width
     jpeg.samp_factor = [[v, h] for h, v in sampling_factors(coef.subsampling)]
     with _tempfile(b"") as path:
@@ -261,6 +302,31 @@ def encode_pixels(pixels: np.ndarray, quality: int, subsampling: str) -> bytes:
         jpeg.write_spatial(path, qt=qt, flags=["+optimize_coding"])
         with open(path, "rb") as f:
             return f.read()
+
+
+# libjpeg warnings that mean coefficients were lost: it fills the rest with zeros and carries on.
+_DATA_LOSS = ("Premature end of JPEG file", "premature end of data segment", "bad Huffman code",
+              "bad arithmetic code", "Inconsistent progression", "Corrupt JPEG data: found marker")
+
+
+class _LibjpegMessages:
+    """Capture what libjpeg writes to stderr (its warnings) as `lines`; not thread-safe (fd 2)."""
+
+    def __enter__(self) -> _LibjpegMessages:
+        sys.stderr.flush()
+        self.lines: list[str] = []
+        self._file = tempfile.TemporaryFile(dir=_tempfile._dir)
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        text = self._file.read().decode(errors="replace")
+        self.lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        self._file.close()
 
 
 class _tempfile:
