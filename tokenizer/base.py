@@ -8,6 +8,7 @@ so `load_tokenizer(dir)` can rebuild one from its saved `tokenizer.json`.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ class Tokenizer(Protocol):
 
 
 REGISTRY: dict[str, type] = {}
+LAZY_MODULES = {"vqvae": "tokenizer.vqvae", "video_dct": "tokenizer.video"}   # name -> registering module
 
 
 def register(cls: type) -> type:
@@ -124,6 +126,8 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     import tokenizer.jpeg  # noqa: F401
 
     name = read_config(directory)["name"]
+    if name in LAZY_MODULES and name not in REGISTRY:   # heavy imports (torch, av) only when needed
+        importlib.import_module(LAZY_MODULES[name])
     if name not in REGISTRY:
         raise ValueError(f"{directory}: unknown tokenizer {name!r}; known: {sorted(REGISTRY)}")
     return REGISTRY[name].load(directory)

