@@ -1,0 +1,79 @@
+"""The comparison command on three images: table, CSV, plots; numbers consistent with each other."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_corpus import make_corpus
+
+from tokenizer import JpegDctTokenizer
+from tokenizer.compare import cli, expand
+from tokenizer.embedded import export
+from tokenizer.vqvae import VqConfig
+from tokenizer.vqvae_train import VqTrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("compare")
+    export(d / "images", "val", 3, (32, 32), seed=5)
+    train(VqConfig(size=(32, 32), codebook_size=256, code_dim=8, channels=16),
+          VqTrainConfig(out=str(d / "vq"), steps=2, batch_size=2, train_crops=4, val_crops=2, num_threads=1),
+          progress=False)
+    import train as train_py
+    make_corpus(d / "corpus", n_train=8, n_val=2, size=16, quality=50)
+    train_py.main(train_py.TrainConfig(data_dir=str(d / "corpus"), out_dir=str(d / "run"), n_layer=2,
+                                       n_head=2, n_embd=32, block_size=64, batch_size=2, max_iters=2,
+                                       eval_interval=2, eval_iters=1, warmup_iters=1, num_threads=1))
+    return d
+
+
+def test_compare_writes_table_csv_and_plots(setup):
+    d = setup
+    bpe_vocab = JpegDctTokenizer().vocab_size + 64
+    rows = cli(["--images", str(d / "images"), "--out", str(d / "out"), "--bpe_crops", "12",
+                "--tokenizers", "jpeg:q=25", "jpeg:q=50,order=coarse_to_fine", f"bpe:q=25,vocab={bpe_vocab}",
+                str(d / "vq"), "--checkpoint", str(d / "run")])
+    names = [r.tokenizer for r in rows]
+    assert names == ["jpeg q25 raster", "jpeg q50 c2f", f"bpe{bpe_vocab} q25 raster", "vq", "ckpt jpeg_dct"]
+    by = dict(zip(names, rows))
+    for r in rows:
+        assert r.images == 3 and r.tokens_p95 >= r.tokens_mean * 0.5
+        assert r.raw_bits == pytest.approx(r.tokens_mean * math.log2(r.vocab))
+        assert 0 < r.entropy_bits <= r.raw_bits + 1e-6
+        assert r.encode_ips > 0 and r.decode_ips > 0 and -1 <= r.ssim <= 1
+        assert math.isnan(r.model_bits) == (r.tokenizer != "ckpt jpeg_dct")
+    jq25, jq50, bpe, vq = by["jpeg q25 raster"], by["jpeg q50 c2f"], by[names[2]], by["vq"]
+    assert jq50.psnr > jq25.psnr > 20 and jq50.tokens_mean > jq25.tokens_mean
+    assert bpe.psnr == jq25.psnr and bpe.tokens_mean < jq25.tokens_mean   # lossless merges, shorter
+    assert vq.tokens_mean == 3 + 8 * 8 + 1 and math.isnan(vq.scan_bits) and not math.isnan(jq25.scan_bits)
+    assert by["ckpt jpeg_dct"].model_bits > 0
+
+    out = d / "out"
+    table = (out / "results.md").read_text()
+    assert table.count("\n| ") == 1 + len(rows) and "| jpeg q25 raster | " in table
+    with open(out / "results.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r["tokenizer"] for r in csv_rows] == names
+    assert float(csv_rows[0]["psnr"]) == pytest.approx(jq25.psnr, rel=1e-5)
+    rd = Image.open(out / "rd.png")
+    assert rd.size == (760, 520) and len(np.unique(np.asarray(rd).reshape(-1, 3), axis=0)) > 5
+    grid = Image.open(out / "recon.png")
+    # original + one column per distinct reconstruction (q25 = bpe q25; the ckpt is q50 at 16x16)
+    assert grid.size[0] == 5 * (64 + 4) + 4 and grid.size[1] == 18 + 3 * (64 + 4) + 4
+
+
+def test_specs_and_errors(setup, tmp_path):
+    assert expand(["jpeg-grid"], [10, 50], 2048) == [
+        "jpeg:q=10,order=raster", "jpeg:q=10,order=coarse_to_fine",
+        "jpeg:q=50,order=raster", "jpeg:q=50,order=coarse_to_fine"]
+    assert expand(["bpe-grid", "x"], [25], 1500) == [
+        "bpe:q=25,order=raster,vocab=1500", "bpe:q=25,order=coarse_to_fine,vocab=1500", "x"]
+    with pytest.raises(ValueError, match="unknown keys \\['quality'\\]"):
+        cli(["--images", str(setup / "images"), "--out", str(tmp_path), "--tokenizers", "jpeg:quality=5"])
+    with pytest.raises(ValueError, match="expected jpeg:"):
+        cli(["--images", str(setup / "images"), "--out", str(tmp_path), "--tokenizers", "webp:q=5"])
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        cli(["--images", str(tmp_path), "--out", str(tmp_path / "o"), "--tokenizers", "jpeg:q=5"])

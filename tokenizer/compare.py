@@ -1,0 +1,271 @@
+"""Compare tokenizers on one image folder: length, bits, distortion and speed, side by side.
+
+    python -m tokenizer.embedded --export data/embedded_val --split val --crops 64 --size 64
+    python -m tokenizer.compare --images data/embedded_val --out out/compare \\
+        --tokenizers jpeg-grid bpe-grid data/vq4_512 data/vq8_1024 [--checkpoint out/quickstart]
+
+Tokenizer specs: "jpeg:q=25,order=raster" (JPEG-DCT, the images' own size), "bpe:q=25,order=raster,
+vocab=2048" (BPE over it, trained on embedded train crops at the images' size), a saved tokenizer
+directory (VQ-VAE, JPEG-DCT, BPE, ...), or the shorthands "jpeg-grid" / "bpe-grid" (qualities
+--qualities x both block orders). Per tokenizer, over all images:
+
+- vocab; tokens per image (mean, p95; BOS/header/EOS included)
+- raw bits = tokens x log2(vocab); order-0 entropy bits = tokens x H(id histogram of these images)
+- model bits (only for the --checkpoint's own tokenizer): the model's NLL, dctgpt.evaluate
+- JPEG scan bits: the Huffman-coded scan of the same JPEG (JPEG-DCT based rows)
+- PSNR / SSIM (skimage.metrics) of the decoded image against the original fitted to its geometry
+- encode and decode images per second (one process, this machine)
+
+Writes results.md, results.csv, rd.png (bits per pixel of the order-0 entropy vs PSNR, plus the
+JPEG scan and model bits where present) and recon.png (originals and reconstructions side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from tokenizer.base import load_tokenizer
+from tokenizer.plot import Series, image_grid, line_plot
+
+log = logging.getLogger("tokenizer.compare")
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+@dataclass
+class Row:
+    tokenizer: str
+    family: str              # curve of the RD plot this row belongs to
+    vocab: int
+    images: int
+    tokens_mean: float
+    tokens_p95: float
+    raw_bits: float          # per image
+    entropy_bits: float      # per image, order-0
+    model_bits: float        # per image, nan without a checkpoint for this tokenizer
+    scan_bits: float         # per image, JPEG's Huffman scan; nan for non-JPEG tokenizers
+    bpp_raw: float
+    bpp_entropy: float
+    psnr: float
+    ssim: float
+    encode_ips: float
+    decode_ips: float
+
+
+def parse_spec(spec: str, size: tuple[int, int] | None, bpe_crops: int) -> tuple[str, Any]:
+    """(name, tokenizer) of one spec (see the module docstring)."""
+    from tokenizer.jpeg import JpegDctConfig, JpegDctTokenizer
+
+    if Path(spec).is_dir():
+        return Path(spec).name, load_tokenizer(spec)
+    kind, _, args = spec.partition(":")
+    if kind not in ("jpeg", "bpe"):
+        raise ValueError(f"tokenizer spec {spec!r}: expected jpeg:..., bpe:..., a shorthand or a directory")
+    kv = dict(a.split("=", 1) for a in args.split(",") if a)
+    unknown = set(kv) - {"q", "order", "vocab", "subsampling"}
+    if unknown:
+        raise ValueError(f"tokenizer spec {spec!r}: unknown keys {sorted(unknown)}")
+    q, order = int(kv.get("q", 25)), kv.get("order", "raster")
+    base = JpegDctTokenizer(JpegDctConfig(quality=q, size=None, order=order,
+                                          subsampling=kv.get("subsampling", "4:2:0")))
+    short = "c2f" if order == "coarse_to_fine" else order
+    if kind == "jpeg":
+        return f"jpeg q{q} {short}", base
+    from tokenizer.bpe import BpeTokenizer
+    from tokenizer.embedded import crops
+
+    vocab = int(kv.get("vocab", 2048))
+    streams = (base.encode(c.pixels).ids for c in crops("train", bpe_crops, size or (64, 64), seed=7))
+    return f"bpe{vocab} q{q} {short}", BpeTokenizer.train(base, streams, vocab)
+
+
+def expand(specs: list[str], qualities: list[int], bpe_vocab: int) -> list[str]:
+    out = []
+    for s in specs:
+        if s in ("jpeg-grid", "bpe-grid"):
+            kind = s.split("-")[0]
+            extra = f",vocab={bpe_vocab}" if kind == "bpe" else ""
+            out += [f"{kind}:q={q},order={o}{extra}" for q in qualities for o in ("raster", "coarse_to_fine")]
+        else:
+            out.append(s)
+    return out
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def to_rgb(decoded: Any) -> np.ndarray:
+    """A tokenizer's decode output (image bytes, PIL image or array) as (H, W, 3) uint8."""
+    if isinstance(decoded, (bytes, bytearray)):
+        decoded = Image.open(io.BytesIO(decoded))
+    if isinstance(decoded, Image.Image):
+        decoded = np.asarray(decoded.convert("RGB"))
+    a = np.asarray(decoded, np.uint8)
+    return np.repeat(a[:, :, None], 3, 2) if a.ndim == 2 else a
+
+
+def fit_like(original: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The original at a decoded image's geometry (scale to cover, crop the middle, as tokenizers do)."""
+    if original.shape[:2] == shape[:2]:
+        return original
+    return np.asarray(ImageOps.fit(Image.fromarray(original), (shape[1], shape[0]), Image.Resampling.LANCZOS))
+
+
+def measure(name: str, tok: Any, paths: list[Path], originals: list[np.ndarray], model: Any = None
+            ) -> tuple[Row, list[np.ndarray]]:
+    """One Row for `tok` over the images, and the reconstructions."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    t0 = time.perf_counter()
+    seqs = [tok.encode(p) for p in paths]
+    t1 = time.perf_counter()
+    recons = [to_rgb(tok.decode(s)) for s in seqs]
+    t2 = time.perf_counter()
+    refs = [fit_like(o, r.shape) for o, r in zip(originals, recons)]
+    psnr = [peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(refs, recons)]
+    win = min(7, *(min(r.shape[:2]) // 2 * 2 - 1 for r in recons))
+    ssim = [structural_similarity(a, b, channel_axis=2, data_range=255, win_size=win)
+            for a, b in zip(refs, recons)]
+    lengths = np.array([len(s) for s in seqs])
+    ids = np.concatenate([s.ids for s in seqs])
+    p = np.bincount(ids, minlength=tok.vocab_size) / len(ids)
+    h = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
+    pixels = float(np.mean([r.shape[0] * r.shape[1] for r in recons]))
+    scan = _scan_bits(tok, paths)
+    model_bits = float("nan")
+    if model is not None:
+        from dctgpt.evaluate import sequence_nll
+        model_bits = float(np.mean([sequence_nll(model, s).sum() / math.log(2) for s in seqs]))
+    raw = float(lengths.mean() * math.log2(tok.vocab_size))
+    row = Row(name, _family(name, tok), tok.vocab_size, len(paths), float(lengths.mean()),
+              float(np.percentile(lengths, 95)), raw, float(lengths.mean() * h), model_bits, scan,
+              raw / pixels, lengths.mean() * h / pixels, float(np.mean(psnr)), float(np.mean(ssim)),
+              len(paths) / (t1 - t0), len(paths) / (t2 - t1))
+    return row, recons
+
+
+def _scan_bits(tok: Any, paths: list[Path]) -> float:
+    base = getattr(tok, "base", tok)
+    if not hasattr(base, "prepare"):
+        return float("nan")
+    from tokenizer.jpeg_io import scan_bytes
+    return float(np.mean([8 * scan_bytes(base.prepare(p)) for p in paths]))
+
+
+def _family(name: str, tok: Any) -> str:
+    if tok.name in ("jpeg_dct", "jpeg_dct_bpe"):
+        return name.split(" q")[0] + " " + name.split(" ")[-1]
+    return tok.name
+
+
+def write_table(rows: list[Row], out: Path) -> str:
+    cols = [f.name for f in fields(Row) if f.name not in ("family", "images")]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[f.name for f in fields(Row)])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(r).items()})
+    head = ["tokenizer", "vocab", "tokens mean", "tokens p95", "raw bits", "H0 bits", "model bits",
+            "JPEG scan bits", "bpp raw", "bpp H0", "PSNR dB", "SSIM", "enc img/s", "dec img/s"]
+    assert len(head) == len(cols)
+    fmt = {"tokens_mean": ".1f", "tokens_p95": ".0f", "raw_bits": ".0f", "entropy_bits": ".0f",
+           "model_bits": ".0f", "scan_bits": ".0f", "bpp_raw": ".3f", "bpp_entropy": ".3f", "psnr": ".2f",
+           "ssim": ".3f", "encode_ips": ".0f", "decode_ips": ".0f"}
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = getattr(r, c)
+            cells.append("-" if isinstance(v, float) and math.isnan(v) else format(v, fmt.get(c, "")))
+        lines.append("| " + " | ".join(cells) + " |")
+    n = rows[0].images if rows else 0
+    md = (f"{n} images; bits are per image; H0 = order-0 entropy of the ids over these images; "
+          "bpp = bits per pixel of the decoded image.\n\n" + "\n".join(lines) + "\n")
+    (out / "results.md").write_text(md)
+    return md
+
+
+def rd_plot(rows: list[Row]) -> Image.Image:
+    fams: dict[str, list[Row]] = {}
+    for r in rows:
+        fams.setdefault(r.family, []).append(r)
+    series = [Series(f"{fam} (H0)", [r.bpp_entropy for r in rs], [r.psnr for r in rs], len(rs) > 1)
+              for fam, rs in fams.items()]
+    jpeg = {round(r.psnr, 6): r for r in rows if not math.isnan(r.scan_bits)}
+    if jpeg:
+        pix = {r.tokenizer: r.raw_bits / r.bpp_raw for r in rows}
+        series.append(Series("JPEG Huffman scan", [r.scan_bits / pix[r.tokenizer] for r in jpeg.values()],
+                             [r.psnr for r in jpeg.values()]))
+    model = [r for r in rows if not math.isnan(r.model_bits)]
+    if model:
+        series.append(Series("model bits", [r.model_bits * r.bpp_raw / r.raw_bits for r in model],
+                             [r.psnr for r in model], line=False))
+    return line_plot(series, "rate-distortion", "bits per pixel", "PSNR (dB)")
+
+
+def main(images: str, out: str, tokenizers: list[str], checkpoint: str | None = None,
+         qualities: tuple[int, ...] = (10, 25, 50), bpe_vocab: int = 2048, bpe_crops: int = 300,
+         grid_images: int = 4) -> list[Row]:
+    """Run the comparison (see the module docstring); returns the rows."""
+    folder, out_dir = Path(images), Path(out)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no image files ({', '.join(sorted(IMAGE_EXTS))})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    originals = [load_rgb(p) for p in paths]
+    size = originals[0].shape[:2]
+    toks = [parse_spec(s, size, bpe_crops) for s in expand(tokenizers, list(qualities), bpe_vocab)]
+    ck = None
+    if checkpoint:
+        from dctgpt import checkpoint as ckpt
+        ck = ckpt.load(checkpoint)
+        toks.append((f"ckpt {ck.tokenizer.name}", ck.tokenizer))
+    rows, recons = [], {}
+    for name, tok in toks:
+        log.info("measuring %s", name)
+        row, rec = measure(name, tok, paths, originals, ck.model if ck and tok is ck.tokenizer else None)
+        rows.append(row)
+        recons[name] = rec
+    md = write_table(rows, out_dir)
+    rd_plot(rows).save(out_dir / "rd.png")
+    cols, labels = [], []
+    for name, rec in recons.items():                  # one column per distinct reconstruction
+        if not any(all(np.array_equal(a, b) for a, b in zip(rec, c)) for c in cols):
+            cols.append(rec)
+            labels.append(name.replace(" raster", "").replace(" c2f", ""))
+    k = min(grid_images, len(paths))
+    rows_px = [[fit_like(originals[i], cols[0][i].shape)] + [c[i] for c in cols] for i in range(k)]
+    image_grid(rows_px, ["original"] + labels).save(out_dir / "recon.png")
+    log.info("\n%s", md)
+    return rows
+
+
+def cli(argv: list[str] | None = None) -> list[Row]:
+    ap = argparse.ArgumentParser(description="Compare tokenizers on an image folder.")
+    ap.add_argument("--images", required=True, help="folder of images")
+    ap.add_argument("--out", required=True, help="output folder (results.md/.csv, rd.png, recon.png)")
+    ap.add_argument("--tokenizers", nargs="+", default=["jpeg-grid", "bpe-grid"],
+                    help="specs: jpeg:q=Q,order=O | bpe:q=Q,order=O,vocab=V | DIR | jpeg-grid | bpe-grid")
+    ap.add_argument("--checkpoint", help="a training run or checkpoint: model bits for its tokenizer")
+    ap.add_argument("--qualities", type=int, nargs="+", default=[10, 25, 50])
+    ap.add_argument("--bpe_vocab", type=int, default=2048)
+    ap.add_argument("--bpe_crops", type=int, default=300, help="embedded train crops BPE learns from")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return main(a.images, a.out, a.tokenizers, a.checkpoint, tuple(a.qualities), a.bpe_vocab, a.bpe_crops)
+
+
+if __name__ == "__main__":
+    cli()
