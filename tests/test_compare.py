@@ -65,6 +65,30 @@ def test_compare_writes_table_csv_and_plots(setup):
     assert grid.size[0] == 5 * (64 + 4) + 4 and grid.size[1] == 18 + 3 * (64 + 4) + 4
 
 
+def test_video_table_both_modes(setup, tmp_path):
+    av = pytest.importorskip("av")
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((setup / "images").glob("*.png"))]
+    clip = tmp_path / "still.mp4"
+    with av.open(str(clip), "w") as c:                     # frame 0 held for 3 frames, then frame 1
+        s = c.add_stream("libx264", rate=5)
+        s.width = s.height = 32
+        s.pix_fmt = "yuv420p"
+        for img in [frames[0]] * 3 + [frames[1]]:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    cli(["--images", str(setup / "images"), "--out", str(tmp_path / "out"), "--tokenizers", "jpeg:q=50",
+         "--qualities", "50", "--videos", str(clip), "--video_size", "32", "32"])
+    with open(tmp_path / "out" / "results_video.csv") as f:
+        rows = {r["mode"]: r for r in csv.DictReader(f)}
+    intra, delta = rows["intra"], rows["delta"]
+    assert intra["frames"] == delta["frames"] == "4" and intra["first_frame"] == delta["first_frame"]
+    assert float(delta["later_mean"]) < 0.7 * float(intra["later_mean"])   # held frames cost ~nothing
+    assert float(delta["psnr"]) == float(intra["psnr"]) > 20              # both lossless: same frames
+    assert "| still.mp4 | delta | 50 | 4 |" in (tmp_path / "out" / "results_video.md").read_text()
+
+
 def test_specs_and_errors(setup, tmp_path):
     assert expand(["jpeg-grid"], [10, 50], 2048) == [
         "jpeg:q=10,order=raster", "jpeg:q=10,order=coarse_to_fine",

@@ -7,9 +7,8 @@ import pytest
 from tokenizer import TokenizerError, load_tokenizer
 from tokenizer.embedded import load_photo
 from tokenizer.jpeg_io import read_coefficients
-from tokenizer.video import (
-    VideoConfig,
-    VideoTokenizer,
+from tokenizer.video import VideoConfig, VideoTokenizer
+from tokenizer.video_io import (
     equivalent_subsampling,
     filmstrip,
     read_frame,

