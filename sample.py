@@ -45,6 +45,7 @@ class SampleConfig:
     prefix_rows: int = 0
     max_new_tokens: int = 0       # 0 = until the end token
     device: str = "auto"
+    num_threads: int = 1          # CPU threads; sampling is many tiny ops, where more threads mostly wait
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.batch_size < 1:
@@ -86,6 +87,8 @@ def make_grid(images: list[Image.Image], pad: int = 2) -> Image.Image:
 def main(cfg: SampleConfig) -> list[Path]:
     """Sample, write JPEGs and grid.png; returns the JPEG paths."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     ck = checkpoint.load(cfg.out_dir, device)
     tok = ck.tokenizer
     out = Path(cfg.samples_dir) if cfg.samples_dir else Path(cfg.out_dir) / "samples"
