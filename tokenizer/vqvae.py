@@ -115,6 +115,7 @@ class QuantOut(NamedTuple):
     codes: torch.Tensor      # (B, h, w) int64
     loss: torch.Tensor       # commitment (+ codebook, straight-through) loss
     perplexity: float        # exp(entropy) of this batch's code histogram
+    used: float              # share of the codebook this batch uses
 
 
 class Quantizer(nn.Module):
@@ -132,6 +133,7 @@ class Quantizer(nn.Module):
             self.codebook = nn.Parameter(torch.randn(K, D) * 0.1)
         self.register_buffer("usage", torch.full((K,), 4 * c.dead_threshold))   # EMA of assignments/step
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.restarts = 0                                       # codes restarted so far (this process)
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         cb = self.codebook
@@ -163,7 +165,8 @@ class Quantizer(nn.Module):
         p = counts / counts.sum()
         perplexity = float(torch.exp(-(p * torch.log(p + 1e-10)).sum()))
         q = flat + (q - flat).detach()
-        return QuantOut(q.view(B, h, w, D).permute(0, 3, 1, 2), codes.view(B, h, w), loss, perplexity)
+        return QuantOut(q.view(B, h, w, D).permute(0, 3, 1, 2), codes.view(B, h, w), loss, perplexity,
+                        float((counts > 0).float().mean()))
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
@@ -177,6 +180,7 @@ class Quantizer(nn.Module):
             size = (self.cluster_size + 1e-5) / (n + c.codebook_size * 1e-5) * n   # Laplace smoothing
             self.codebook.copy_(self.embed_sum / size[:, None])
         dead = self.usage < c.dead_threshold
+        self.restarts += int(dead.sum())
         if dead.any():                                        # restart onto random encoder outputs
             k = int(dead.sum())
             new = flat[torch.randint(len(flat), (k,))] + 0.01 * torch.randn(k, flat.size(1))

@@ -130,10 +130,11 @@ def train(config: VqConfig, cfg: VqTrainConfig,
         opt.step()
         if step % cfg.log_interval == 0 or step == cfg.steps - 1:
             recon_loss = float(rec.detach())
-            active = model.quantizer.active_fraction()
-            bar.set_postfix(mse=f"{recon_loss:.4f}", ppl=f"{q.perplexity:.0f}", active=f"{active:.2f}")
-            log.info("step %d: mse %.4f, commit %.4f, batch perplexity %.1f, active codes %.2f",
-                     step, recon_loss, float(q.loss.detach()), q.perplexity, active)
+            restarts = model.quantizer.restarts
+            bar.set_postfix(mse=f"{recon_loss:.4f}", ppl=f"{q.perplexity:.0f}", used=f"{q.used:.2f}")
+            log.info("step %d: mse %.4f, commit %.4f, batch perplexity %.1f, batch codebook usage %.2f, "
+                     "%d code restarts so far", step, recon_loss, float(q.loss.detach()), q.perplexity,
+                     q.used, restarts)
     bar.close()
     tok = VqVaeTokenizer(config, model.eval())
     report = evaluate(tok, val_px, recon_loss, time.time() - t0)
