@@ -72,10 +72,29 @@ class Reference:
             assert self.factors == other.factors, f"{what}: sampling {self.factors} != {other.factors}"
 
 
+def strip_app_segments(data: bytes) -> bytes:
+    """The file without its APPn/COM segments before the first scan (they hold no coefficients;
+    jpeglib's marker reader gives up on files with more than 50 of them)."""
+    out, i = bytearray(data[:2]), 2
+    while i + 4 <= len(data) and data[i] == 0xFF and data[i + 1] != 0xDA:
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if not (0xE0 <= data[i + 1] <= 0xEF or data[i + 1] == 0xFE):
+            out += data[i:end]
+        i = end
+    return bytes(out + data[i:])
+
+
 def reference(data: bytes | os.PathLike | str) -> Reference:
     """Read a JPEG's coefficients and tables with jpeglib alone."""
     if isinstance(data, (str, os.PathLike)):
         data = Path(data).read_bytes()
+    try:
+        return _reference(data)
+    except OSError:
+        return _reference(strip_app_segments(data))
+
+
+def _reference(data: bytes) -> Reference:
     with tempfile.NamedTemporaryFile(suffix=".jpg") as f:
         f.write(data)
         f.flush()

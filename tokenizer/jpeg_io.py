@@ -6,6 +6,7 @@ unless an image has to be re-encoded at the configured size or quality.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import struct
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import jpeglib
 import numpy as np
+from jpeglib._bind import CJpegLib
 
 # ZIGZAG[k] is the natural (row * 8 + col) index of the k-th coefficient in zigzag order.
 ZIGZAG = np.array([
@@ -176,9 +178,17 @@ def parse_jpeg(data: bytes, name: str = "<bytes>") -> JpegInfo:
         elif marker == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
             adobe = seg[11]
         elif marker == 0xDA:
-            start = i
-            while i < n - 1 and not (data[i] == 0xFF and data[i + 1] not in (0x00, *range(0xD0, 0xD8))):
-                i += 1
+            start = i           # entropy-coded data runs to the first 0xFF that is not 0xFF00 or RSTn
+            while True:
+                j = data.find(b"\xff", i, n - 1)
+                if j < 0:
+                    i = max(n - 1, start)
+                    break
+                if data[j + 1] == 0 or 0xD0 <= data[j + 1] <= 0xD7:
+                    i = j + 2
+                else:
+                    i = j
+                    break
             scan += i - start
     if sof is None:
         raise ValueError(f"{name}: no frame header (SOF): not a complete JPEG")
@@ -243,51 +253,88 @@ def read_coefficients(data: bytes, name: str = "<bytes>") -> Coefficients:
         raise ValueError(f"{name}: 16-bit quantization tables are not supported")
     if qt.min() == 0:
         raise ValueError(f"{name}: a quantization table has a zero entry")
-    jpeg = None
+    grid = block_grid(info.height, info.width, sub)
     with _tempfile(data) as path, _LibjpegMessages() as messages:
-        try:
-            jpeg = jpeglib.read_dct(path)
-            jpeg.load()
-        except (OSError, ValueError, IndexError):
-            jpeg = None
-    if jpeg is None:
+        planes = _libjpeg_read(path, grid)
+    if planes is None or isinstance(planes, str):
         raise ValueError(f"{name}: libjpeg could not read the coefficients "
-                         f"({'; '.join(messages.lines) or 'no reason given'})")
+                         f"({planes or '; '.join(messages.lines) or 'no reason given'})")
     lost = [m for m in messages.lines if any(w in m for w in _DATA_LOSS)]
     if lost:
         raise ValueError(f"{name}: truncated or corrupt JPEG data (libjpeg: {'; '.join(lost)})")
-    planes = [jpeg.Y] if sub == "gray" else [jpeg.Y, jpeg.Cb, jpeg.Cr]
-    grid = block_grid(info.height, info.width, sub)
-    blocks = []
-    for plane, (rows, cols) in zip(planes, grid):
-        if plane is None or plane.shape[:2] != (rows, cols):
-            raise ValueError(f"{name}: coefficient planes do not match the frame header")
-        blocks.append(plane.reshape(rows, cols, 64)[:, :, ZIGZAG].astype(np.int16))
-        dc, ac = blocks[-1][:, :, 0], blocks[-1][:, :, 1:]
+    blocks = tuple(plane[:, :, ZIGZAG] for plane in planes)
+    for b in blocks:
+        dc, ac = b[:, :, 0], b[:, :, 1:]
         if dc.size and (dc.min() < DC_MIN or dc.max() > DC_MAX or ac.min() < -AC_MAX or ac.max() > AC_MAX):
             raise ValueError(f"{name}: coefficients outside 8-bit JPEG's range (DC {DC_MIN}..{DC_MAX}, "
                              f"AC +-{AC_MAX}): corrupt data")
-    return Coefficients(info.height, info.width, sub, tuple(blocks), qt.astype(np.uint16))
+    return Coefficients(info.height, info.width, sub, blocks, qt.astype(np.uint16))
 
 
 def write_coefficients(coef: Coefficients) -> bytes:
-    """A baseline JPEG file holding exactly these coefficients and tables (Huffman-optimized)."""
-    planes = [np.ascontiguousarray(b[:, :, UNZIGZAG].reshape(*b.shape[:2], 8, 8)) for b in coef.blocks]
+    """A baseline JPEG file holding exactly these coefficients and tables (Huffman-optimized).
+    OSError (with libjpeg's reason) if libjpeg refuses them."""
+    grid = block_grid(coef.height, coef.width, coef.subsampling)
+    if [b.shape for b in coef.blocks] != [(r, c, 64) for r, c in grid]:
+        raise ValueError(f"coefficient planes {[b.shape for b in coef.blocks]} do not fit a "
+                         f"{coef.width}x{coef.height} {coef.subsampling} image ({grid} blocks)")
+    planes = [np.ascontiguousarray(b[:, :, UNZIGZAG], dtype=np.int16) for b in coef.blocks]
     # Distinct tables in order of first use: jpeglib fills a slot it has no defaults for (2, 3) from
     # qt[component] rather than qt[slot], which agree only when slot k is first used by component k.
     slot_of: dict[bytes, int] = {}
     table_of = [slot_of.setdefault(t.tobytes(), len(slot_of)) for t in coef.qtables]
     tables = np.stack([coef.qtables[table_of.index(k)] for k in range(len(slot_of))])
-    qt = np.ascontiguousarray(tables[:, UNZIGZAG].reshape(-1, 8, 8), dtype=np.uint16)
-    gray = coef.subsampling == "gray"
-    jpeg = jpeglib.from_dct(Y=planes[0], Cb=None if gray else planes[1], Cr=None if gray else planes[2],
-                            qt=qt, quant_tbl_no=table_of)
-    jpeg.height, jpeg.width = coef.height, coef.width
-    jpeg.samp_factor = [[v, h] for h, v in sampling_factors(coef.subsampling)]
+    qt = np.ascontiguousarray(tables[:, UNZIGZAG], dtype=np.uint16)
     with _tempfile(b"") as path:
-        jpeg.write_dct(path, flags=["+optimize_coding"])
+        with _LibjpegMessages() as messages:
+            ok = _libjpeg_write(path, coef, planes, qt, table_of)
+        if not ok:
+            raise OSError(f"libjpeg could not write the coefficients ({'; '.join(messages.lines)})")
         with open(path, "rb") as f:
             return f.read()
+
+
+# -- libjpeg through jpeglib's C functions, called directly ------------------------------------------
+# jpeglib's Python layer also reads markers and Huffman tables in extra libjpeg passes and copies the
+# file to another temporary file; these are the calls it ends up making, minus that.
+
+def _short_ptr(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_short))
+
+
+def _libjpeg_read(path: str, grid: list[tuple[int, int]]) -> list[np.ndarray] | str | None:
+    """(rows, cols, 64) natural-order int16 planes of a JPEG file; None if libjpeg fails (its
+    messages say why), a reason if its block counts differ from ours.
+
+    read_jpeg_info goes first: it fails cleanly on a bad header (read_jpeg_dct would crash on one)
+    and gives libjpeg's block counts, which must be `grid` so the planes always fit."""
+    lib = CJpegLib.get()
+    dims, scans = (ctypes.c_int * 8)(), (ctypes.c_int * 1)()
+    if not lib.read_jpeg_info(CJpegLib.cstr(path), dims, *[None] * 8, scans, None):
+        return None
+    if list(dims)[:2 * len(grid)] != [d for rc in grid for d in rc]:
+        return f"libjpeg sees blocks {list(dims)[:2 * len(grid)]}, the frame header {grid}"
+    planes = [np.zeros((rows, cols, 64), np.int16) for rows, cols in grid]
+    ptrs = [_short_ptr(p) for p in planes] + [None] * (4 - len(planes))
+    return planes if lib.read_jpeg_dct(CJpegLib.cstr(path), *ptrs, None, None) else None
+
+
+def _libjpeg_write(path: str, coef: Coefficients, planes: list[np.ndarray], qt: np.ndarray,
+                   table_of: list[int]) -> bool:
+    """Write `planes` ((rows, cols, 64) natural order, sized by block_grid) as a baseline JPEG."""
+    n = len(planes)
+    factors = [x for h, v in sampling_factors(coef.subsampling) for x in (v, h)]
+    color_space = jpeglib.Colorspace.JCS_GRAYSCALE if n == 1 else jpeglib.Colorspace.JCS_YCbCr
+    ptrs = [_short_ptr(p) for p in planes] + [None] * (4 - n)
+    status = CJpegLib.get().write_jpeg_dct(
+        None, CJpegLib.cstr(path), *ptrs,
+        (ctypes.c_int * 2)(coef.height, coef.width),
+        (ctypes.c_int * 6)(*[d for p in planes for d in p.shape[:2]]),
+        (ctypes.c_int * 6)(*factors), int(color_space), n,
+        qt.ctypes.data_as(ctypes.POINTER(ctypes.c_ushort)), -1,
+        (ctypes.c_short * 4)(*table_of, *[-1] * (4 - n)),
+        0, None, None, None, *CJpegLib.flags_to_mask(["+optimize_coding"]))
+    return bool(status)
 
 
 def encode_pixels(pixels: np.ndarray, quality: int, subsampling: str) -> bytes:
