@@ -196,3 +196,23 @@ def test_train_main_runs_on_video_tokens(video_corpus, tmp_path):
                                warmup_iters=1, num_threads=1)
     result = train_py.main(cfg)
     assert sorted(result.train_loss) == [0, 1]
+
+
+@pytest.mark.xfail(strict=True, raises=(ValueError, TypeError), reason="needs the train.py (n_frame) and "
+                   "sample.py (prefix_clip, clips out) changes of the issue 4 report")
+def test_sample_continues_a_clip(video_corpus, tmp_path):
+    import sample
+    import train as train_py
+
+    d, tok, clips = video_corpus
+    train_py.main(train_py.TrainConfig(data_dir=str(d), out_dir=str(tmp_path / "run"), n_layer=2, n_head=2,
+                                       n_embd=32, block_size=64, batch_size=2, max_iters=2, eval_interval=2,
+                                       eval_iters=1, warmup_iters=1, num_threads=1))
+    write_clip(tmp_path / "prefix.avi", "mjpeg", "yuvj420p", [c for c in clips["val"][0]])
+    paths = sample.main(sample.SampleConfig(out_dir=str(tmp_path / "run"), num_samples=2, batch_size=2,
+                                            prefix_clip=str(tmp_path / "prefix.avi"), prefix_frames=2))
+    for p in paths:
+        frames = read_video(p, 99)
+        assert p.suffix == ".avi" and 2 <= len(frames) <= 3
+        assert [read_coefficients(f) for f in frames[:2]] == tok.frames(tmp_path / "prefix.avi")[:2]
+    assert (tmp_path / "run" / "samples" / "grid.png").is_file()
