@@ -190,10 +190,6 @@ class Quantizer(nn.Module):
                 self.cluster_size[dead] = 1.0
                 self.embed_sum[dead] = new
 
-    def active_fraction(self) -> float:
-        """Share of codes in use (running usage above the restart threshold)."""
-        return float((self.usage >= self.c.dead_threshold).float().mean())
-
 
 class VqVae(nn.Module):
     """encoder -> quantizer -> decoder on images in [-1, 1], (B, 3, H, W)."""

@@ -57,7 +57,7 @@ class VqTrainConfig:
 class VqReport:
     val_psnr: float          # dB, mean over val crops, through encode -> decode
     codebook_usage: float    # share of codes used by the val crops' tokens
-    active_codes: float      # share of codes whose running usage is above the restart threshold
+    restarts: int            # dead codes restarted during training
     perplexity: float        # exp(entropy) of the val code histogram
     train_loss: float        # last logged reconstruction MSE (in [-1, 1] units)
     seconds: float
@@ -155,7 +155,7 @@ def evaluate(tok: VqVaeTokenizer, val_px: np.ndarray, train_loss: float, seconds
         hist += np.bincount(seq.ids[3:-1], minlength=len(hist))
     p = hist / hist.sum()
     ppl = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
-    return VqReport(float(np.mean(scores)), float((hist > 0).mean()), tok.model.quantizer.active_fraction(),
+    return VqReport(float(np.mean(scores)), float((hist > 0).mean()), tok.model.quantizer.restarts,
                     ppl, train_loss, seconds)
 
 
@@ -196,5 +196,5 @@ def cli(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _, r = train(config, tcfg)
     print(f"VQ-VAE {config.codebook_size} codes, /{config.downsample}: val PSNR {r.val_psnr:.2f} dB, "
-          f"codebook usage {r.codebook_usage:.2f}, active {r.active_codes:.2f}, perplexity "
-          f"{r.perplexity:.1f}, {r.seconds:.0f} s; saved to {tcfg.out}")
+          f"codebook usage {r.codebook_usage:.2f}, perplexity {r.perplexity:.1f}, {r.restarts} code "
+          f"restarts, {r.seconds:.0f} s; saved to {tcfg.out}")
