@@ -6,12 +6,14 @@ unless an image has to be re-encoded at the configured size or quality.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import os
 import struct
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 
 import jpeglib
@@ -357,37 +359,63 @@ _DATA_LOSS = ("Premature end of JPEG file", "premature end of data segment", "ba
 
 
 class _LibjpegMessages:
-    """Capture what libjpeg writes to stderr (its warnings) as `lines`; not thread-safe (fd 2)."""
+    """Capture what libjpeg writes to stderr (its warnings) as `lines`, through a pipe; not
+    thread-safe (fd 2). libjpeg's few short warnings fit the pipe's buffer."""
 
     def __enter__(self) -> _LibjpegMessages:
         sys.stderr.flush()
         self.lines: list[str] = []
-        self._file = tempfile.TemporaryFile(dir=_tempfile._dir)
+        self._read, write = os.pipe()
+        os.set_blocking(self._read, False)
         self._saved = os.dup(2)
-        os.dup2(self._file.fileno(), 2)
+        os.dup2(write, 2)
+        os.close(write)
         return self
 
     def __exit__(self, *exc: object) -> None:
         os.dup2(self._saved, 2)
         os.close(self._saved)
-        self._file.seek(0)
-        text = self._file.read().decode(errors="replace")
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self._read, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(self._read)
+        text = b"".join(chunks).decode(errors="replace")
         self.lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        self._file.close()
 
 
 class _tempfile:
-    """A named temporary file holding `data` (jpeglib reads and writes paths only), removed on exit."""
+    """A scratch file holding `data` (libjpeg reads and writes paths only). Each process and thread
+    reuses one path (no directory churn per image); it is removed when the process exits."""
 
-    _dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    _dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    _paths: dict[tuple[int, int], str] = {}
 
     def __init__(self, data: bytes):
-        fd, self.path = tempfile.mkstemp(suffix=".jpg", dir=self._dir)
-        with os.fdopen(fd, "wb") as f:
+        key = (os.getpid(), threading.get_ident())
+        if key not in self._paths:
+            fd, path = tempfile.mkstemp(prefix="dctgpt-", suffix=".jpg", dir=self._dir)
+            os.close(fd)
+            self._paths[key] = path
+            atexit.register(_remove, path)
+        self.path = self._paths[key]
+        with open(self.path, "wb") as f:
             f.write(data)
 
     def __enter__(self) -> str:
         return self.path
 
     def __exit__(self, *exc: object) -> None:
-        os.unlink(self.path)
+        pass
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
