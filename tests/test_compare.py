@@ -37,19 +37,20 @@ def test_compare_writes_table_csv_and_plots(setup):
                 "--tokenizers", "jpeg:q=25", "jpeg:q=50,order=coarse_to_fine", f"bpe:q=25,vocab={bpe_vocab}",
                 str(d / "vq"), "--checkpoint", str(d / "run")])
     names = [r.tokenizer for r in rows]
-    assert names == ["jpeg q25 raster", "jpeg q50 c2f", f"bpe{bpe_vocab} q25 raster", "vq", "ckpt jpeg_dct"]
+    assert names == ["jpeg q25 raster", "jpeg q50 c2f", f"bpe{bpe_vocab} q25 raster", "vq",
+                     "ckpt jpeg q50 raster"]
     by = dict(zip(names, rows))
     for r in rows:
         assert r.images == 3 and r.tokens_p95 >= r.tokens_mean * 0.5
         assert r.raw_bits == pytest.approx(r.tokens_mean * math.log2(r.vocab))
         assert 0 < r.entropy_bits <= r.raw_bits + 1e-6
         assert r.encode_ips > 0 and r.decode_ips > 0 and -1 <= r.ssim <= 1
-        assert math.isnan(r.model_bits) == (r.tokenizer != "ckpt jpeg_dct")
+        assert math.isnan(r.model_bits) == (r.tokenizer != "ckpt jpeg q50 raster")
     jq25, jq50, bpe, vq = by["jpeg q25 raster"], by["jpeg q50 c2f"], by[names[2]], by["vq"]
     assert jq50.psnr > jq25.psnr > 20 and jq50.tokens_mean > jq25.tokens_mean
     assert bpe.psnr == jq25.psnr and bpe.tokens_mean < jq25.tokens_mean   # lossless merges, shorter
     assert vq.tokens_mean == 3 + 8 * 8 + 1 and math.isnan(vq.scan_bits) and not math.isnan(jq25.scan_bits)
-    assert by["ckpt jpeg_dct"].model_bits > 0
+    assert by["ckpt jpeg q50 raster"].model_bits > 0
 
     out = d / "out"
     table = (out / "results.md").read_text()

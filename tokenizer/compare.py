@@ -79,15 +79,24 @@ def parse_spec(spec: str, size: tuple[int, int] | None, bpe_crops: int) -> tuple
     q, order = int(kv.get("q", 25)), kv.get("order", "raster")
     base = JpegDctTokenizer(JpegDctConfig(quality=q, size=None, order=order,
                                           subsampling=kv.get("subsampling", "4:2:0")))
-    short = "c2f" if order == "coarse_to_fine" else order
     if kind == "jpeg":
-        return f"jpeg q{q} {short}", base
+        return label(base), base
     from tokenizer.bpe import BpeTokenizer
     from tokenizer.embedded import crops
 
     vocab = int(kv.get("vocab", 2048))
     streams = (base.encode(c.pixels).ids for c in crops("train", bpe_crops, size or (64, 64), seed=7))
-    return f"bpe{vocab} q{q} {short}", BpeTokenizer.train(base, streams, vocab)
+    tok = BpeTokenizer.train(base, streams, vocab)
+    return label(tok), tok
+
+
+def label(tok: Any) -> str:
+    """A short name: "jpeg q25 raster", "bpe2048 q25 c2f", or the tokenizer's registered name."""
+    if tok.name not in ("jpeg_dct", "jpeg_dct_bpe"):
+        return tok.name
+    c = tok.config
+    kind = "jpeg" if tok.name == "jpeg_dct" else f"bpe{tok.vocab_size}"
+    return f"{kind} q{c.quality} {'c2f' if c.order == 'coarse_to_fine' else c.order}"
 
 
 def expand(specs: list[str], qualities: list[int], bpe_vocab: int) -> list[str]:
@@ -166,6 +175,8 @@ def _scan_bits(tok: Any, paths: list[Path]) -> float:
 
 
 def _family(name: str, tok: Any) -> str:
+    if name.startswith("ckpt "):
+        return "checkpoint"
     if tok.name in ("jpeg_dct", "jpeg_dct_bpe"):
         return name.split(" q")[0] + " " + name.split(" ")[-1]
     return tok.name
@@ -203,7 +214,7 @@ def rd_plot(rows: list[Row]) -> Image.Image:
     for r in rows:
         fams.setdefault(r.family, []).append(r)
     series = [Series(f"{fam} (H0)", [r.bpp_entropy for r in rs], [r.psnr for r in rs], len(rs) > 1)
-              for fam, rs in fams.items()]
+              for fam, rs in fams.items() if fam != "checkpoint"]
     jpeg = {round(r.psnr, 6): r for r in rows if not math.isnan(r.scan_bits)}
     if jpeg:
         pix = {r.tokenizer: r.raw_bits / r.bpp_raw for r in rows}
@@ -211,7 +222,7 @@ def rd_plot(rows: list[Row]) -> Image.Image:
                              [r.psnr for r in jpeg.values()]))
     model = [r for r in rows if not math.isnan(r.model_bits)]
     if model:
-        series.append(Series("model bits", [r.model_bits * r.bpp_raw / r.raw_bits for r in model],
+        series.append(Series("model bits (ckpt)", [r.model_bits * r.bpp_raw / r.raw_bits for r in model],
                              [r.psnr for r in model], line=False))
     return line_plot(series, "rate-distortion", "bits per pixel", "PSNR (dB)")
 
@@ -301,7 +312,7 @@ def main(images: str, out: str, tokenizers: list[str], checkpoint: str | None = 
     if checkpoint:
         from dctgpt import checkpoint as ckpt
         ck = ckpt.load(checkpoint)
-        toks.append((f"ckpt {ck.tokenizer.name}", ck.tokenizer))
+        toks.append((f"ckpt {label(ck.tokenizer)}", ck.tokenizer))
     rows, recons = [], {}
     for name, tok in toks:
         log.info("measuring %s", name)
