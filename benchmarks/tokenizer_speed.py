@@ -93,8 +93,9 @@ def speed_table(images: list[np.ndarray], n: int, seconds: float, quality: int =
         seqs = [tok.encode(f) for f in files]
         pixels = [pil_decode(f) for f in files]
         enc, pil_dec = rate(tok.encode, files, seconds), rate(pil_decode, files, seconds)
+        batch = len(files) * rate(tok.encode_batch, [files], seconds)
         dec, pil_enc = rate(tok.decode, seqs, seconds), rate(pil_encoder(quality), pixels, seconds)
-        rows.append(dict(size=size, enc=enc, pil_dec=pil_dec, dec=dec, pil_enc=pil_enc,
+        rows.append(dict(size=size, enc=enc, batch=batch, pil_dec=pil_dec, dec=dec, pil_enc=pil_enc,
                          tokens=np.mean([len(s) for s in seqs])))
     return rows
 
@@ -148,12 +149,13 @@ def main() -> None:
     bpe = load_tokenizer(a.bpe) if a.bpe else None
 
     print(f"speed: JPEG quality 25, 4:2:0, raster; {a.n} random crops of {len(images)} wheel photos per size")
-    print(f"{'px':>4} {'tokens':>7} | {'encode/s':>9} {'PIL dec/s':>9} {'ratio':>6} | "
-          f"{'decode/s':>9} {'PIL enc/s':>9} {'ratio':>6}")
+    print("(batch: tok.encode_batch over all crops of a size at once)")
+    print(f"{'px':>4} {'tokens':>7} | {'encode/s':>9} {'batch/s':>8} {'PIL dec/s':>9} {'ratio':>6} "
+          f"{'batch':>6} | {'decode/s':>9} {'PIL enc/s':>9} {'ratio':>6}")
     for r in speed_table(images, a.n, a.seconds):
-        print(f"{r['size']:>4} {r['tokens']:>7.0f} | {r['enc']:>9.0f} {r['pil_dec']:>9.0f} "
-              f"{r['enc'] / r['pil_dec']:>6.2f} | {r['dec']:>9.0f} {r['pil_enc']:>9.0f} "
-              f"{r['dec'] / r['pil_enc']:>6.2f}")
+        print(f"{r['size']:>4} {r['tokens']:>7.0f} | {r['enc']:>9.0f} {r['batch']:>8.0f} "
+              f"{r['pil_dec']:>9.0f} {r['enc'] / r['pil_dec']:>6.2f} {r['batch'] / r['pil_dec']:>6.2f} | "
+              f"{r['dec']:>9.0f} {r['pil_enc']:>9.0f} {r['dec'] / r['pil_enc']:>6.2f}")
 
     print("\ntokens per image (mean over crops)" + ("" if bpe else "; BPE column: pass --bpe DIR"))
     print(f"{'px':>4} {'quality':>7} {'order':>15} {'tokens':>8} {'bpe':>8}")

@@ -32,7 +32,7 @@ from tokenizer import (
     TokenSequence,
     load_tokenizer,
 )
-from tokenizer.dct_codec import decode_coefficients, encode_coefficients
+from tokenizer.dct_codec import decode_coefficients, encode_batch, encode_coefficients
 from tokenizer.grammar import accepts
 from tokenizer.jpeg_io import SUBSAMPLINGS, ZIGZAG, block_grid
 
@@ -381,3 +381,24 @@ def test_header_prompt_matches_encoded_header():
     seq = tok.encode(photo_pixels("chelsea"))
     assert tok.header(37, 53, quality=25) == seq[:7]
     assert accepts(tok.grammar(), seq.ids)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_encode_batch_equals_one_by_one(order):
+    """Mixed sizes and layouts in one batch (gray next to color; 1x1; SKIP runs at image edges)."""
+    inputs = [(photo_pixels("astronaut")[100:140, 200:224], "4:2:0"),
+              (photo_pixels("camera")[:1, :1], "gray"), (photo_pixels("coffee")[50:66, :72], "4:4:4"),
+              (np.zeros((32, 32, 3), np.uint8), "4:2:0"), (photo_pixels("chelsea")[:64, :48], "4:2:0")]
+    coefs, singles = [], []
+    for px, sub in inputs:
+        tok = JpegDctTokenizer(JpegDctConfig(quality=25, size=None, subsampling=sub, order=order))
+        px = np.ascontiguousarray(px)
+        coefs.append(tok.coefficients(px))
+        singles.append(tok.encode(px))
+    batch = encode_batch(tok.vocab, coefs, order, tok.config.bands)
+    assert len(batch) == len(singles)
+    for b, s in zip(batch, singles):
+        assert b == s
+    tok = JpegDctTokenizer(JpegDctConfig(quality=25, size=(32, 32), order=order))
+    pixels = [np.ascontiguousarray(px) for px, sub in inputs if sub == "4:2:0"]
+    assert tok.encode_batch(pixels) == [tok.encode(px) for px in pixels]

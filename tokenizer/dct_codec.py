@@ -23,12 +23,16 @@ from tokenizer.jpeg_io import SUBSAMPLINGS, Coefficients, standard_qtables
 _PLACES = 4 * (EOB_FREQ + 1)      # places within a unit: 4 per frequency (token, 2 escape bytes)
 
 
-def _dpcm(values: np.ndarray, comp: np.ndarray) -> np.ndarray:
-    """Differences from the previous block of the same component (first one from 0)."""
+def _dpcm(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Differences from the previous block of the same group (image, component); first from 0."""
+    order = np.argsort(group, kind="stable")
+    v, g = values[order], group[order]
+    d = np.diff(v, prepend=0)
+    first = np.ones(len(g), bool)
+    first[1:] = g[1:] != g[:-1]
+    d[first] = v[first]
     out = np.empty_like(values)
-    for c in np.unique(comp):
-        m = comp == c
-        out[m] = np.diff(values[m], prepend=0)
+    out[order] = d
     return out
 
 
@@ -64,21 +68,38 @@ def _add_escapes(ev: _Events, vocab: Vocab, esc, values, direct, rank, place, bl
 def encode_coefficients(vocab: Vocab, coef: Coefficients, order: str,
                         bands: tuple[int, ...]) -> TokenSequence:
     """The token stream of one JPEG's coefficients (lossless)."""
-    layout = block_layout(coef.height, coef.width, coef.subsampling, order, bands)
-    x = layout.gather(coef).astype(np.int64)
-    n = layout.n_blocks
-    blocks = np.arange(n)
+    return encode_batch(vocab, [coef], order, bands)[0]
+
+
+def encode_batch(vocab: Vocab, coefs: list[Coefficients], order: str,
+                 bands: tuple[int, ...]) -> list[TokenSequence]:
+    """Token streams of many JPEGs at once: one pass of numpy over all their blocks."""
+    if not coefs:
+        return []
+    layouts = [block_layout(c.height, c.width, c.subsampling, order, bands) for c in coefs]
+    nb = np.array([lay.n_blocks for lay in layouts])
     raster = order == "raster"
+    n_bands = len(layouts[0].ac_bands)
+    units = nb * (2 if raster else 1 + n_bands)
+    img = np.repeat(np.arange(len(coefs)), nb)
+    local = np.arange(nb.sum()) - np.repeat(np.cumsum(nb) - nb, nb)   # block index within its image
+    base = np.repeat(np.cumsum(units) - units, nb)                     # first unit rank of its image
+    x = np.concatenate([lay.gather(c) for lay, c in zip(layouts, coefs)]).astype(np.int64)
+    comp = np.concatenate([lay.comp for lay in layouts])
+    row = np.concatenate([lay.row for lay in layouts])
+    col = np.concatenate([lay.col for lay in layouts])
+    blocks = np.arange(len(x))
     ev = _Events()
 
-    dc_rank = 2 * blocks if raster else blocks
-    diff = _dpcm(x[:, 0], layout.comp)
+    dc_rank = base + (2 * local if raster else local)
+    diff = _dpcm(x[:, 0], img * 4 + comp)
     ids, esc = vocab.dc_ids(diff)
     ev.add(dc_rank, 0, ids, blocks, 0)
-    _add_escapes(ev, vocab, esc, diff, vocab.dc_range, dc_rank, np.zeros(n, np.int64), blocks, np.zeros(n))
+    _add_escapes(ev, vocab, esc, diff, vocab.dc_range, dc_rank, np.zeros(len(x), np.int64), blocks,
+                 np.zeros(len(x)))
 
-    for i, (s, e) in enumerate(layout.ac_bands):
-        rank_of = (2 * blocks + 1) if raster else (n * (i + 1) + blocks)
+    for i, (s, e) in enumerate(layouts[0].ac_bands):
+        rank_of = base + ((2 * local + 1) if raster else (nb[img] * (i + 1) + local))
         m = x[:, s:e] != 0
         ub, kk = np.nonzero(m)
         k = kk + s
@@ -100,23 +121,30 @@ def encode_coefficients(vocab: Vocab, coef: Coefficients, order: str,
         ends = blocks if raster else blocks[nonempty]
         ev.add(rank_of[ends], 4 * EOB_FREQ, vocab.eob, ends, EOB_FREQ)
         if not raster:
-            _add_skips(ev, vocab, ~nonempty, rank_of, s)
+            _add_skips(ev, vocab, ~nonempty, local == 0, rank_of, s)
 
     body, blk, freq = ev.sorted()
-    hdr = header_ids(vocab, coef.height, coef.width, coef.subsampling, coef.qtables)
     pos = np.zeros((len(body), 5), np.int64)
-    pos[:, 1], pos[:, 2], pos[:, 3], pos[:, 4] = layout.comp[blk] + 1, layout.row[blk], layout.col[blk], freq
+    pos[:, 1], pos[:, 2], pos[:, 3], pos[:, 4] = comp[blk] + 1, row[blk], col[blk], freq
+    cuts = np.searchsorted(img[blk], np.arange(1, len(coefs)))
     end = np.array([[0, 0, 0, 0, HEADER_LEN]])
-    return TokenSequence(np.concatenate([hdr, body, [vocab.eos]]),
-                         np.concatenate([header_positions(len(hdr)), pos, end]))
+    out = []
+    for c, ids_i, pos_i in zip(coefs, np.split(body, cuts), np.split(pos, cuts)):
+        hdr = header_ids(vocab, c.height, c.width, c.subsampling, c.qtables)
+        out.append(TokenSequence(np.concatenate([hdr, ids_i, [vocab.eos]]),
+                                 np.concatenate([header_positions(len(hdr)), pos_i, end])))
+    return out
 
 
-def _add_skips(ev: _Events, vocab: Vocab, empty: np.ndarray, rank_of: np.ndarray, start: int) -> None:
-    """SKIP(n) tokens over maximal runs of empty blocks, greedily cut at vocab.max_skip."""
+def _add_skips(ev: _Events, vocab: Vocab, empty: np.ndarray, image_start: np.ndarray, rank_of: np.ndarray,
+               start: int) -> None:
+    """SKIP(n) tokens over maximal runs of empty blocks within an image, greedily cut at max_skip."""
     if not empty.any():
         return
-    edges = np.diff(np.concatenate([[0], empty.astype(np.int8), [0]]))
-    starts, stops = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    prev_empty = np.concatenate([[False], empty[:-1]]) & ~image_start
+    next_start = np.concatenate([image_start[1:], [True]])
+    next_empty = np.concatenate([empty[1:], [False]]) & ~next_start
+    starts, stops = np.nonzero(empty & ~prev_empty)[0], np.nonzero(empty & ~next_empty)[0] + 1
     lengths = stops - starts
     chunks = -(-lengths // vocab.max_skip)
     run = np.repeat(np.arange(len(starts)), chunks)
