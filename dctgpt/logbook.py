@@ -56,7 +56,10 @@ def draw_curves(series: dict[str, list[tuple[int, float]]], path: Path, title: s
     d.text((left, 8), title, fill="black")
     if pts:
         x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-        y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+        later = [p[1] for p in pts if p[0] >= x0 + 0.1 * (x1 - x0)] or [p[1] for p in pts]
+        y0 = min(p[1] for p in pts)
+        y1 = min(max(p[1] for p in pts), y0 + 1.5 * (max(later) - y0))  # clip the first steps' spike
+        series = {k: [(x, min(y, y1)) for x, y in s] for k, s in series.items()}
         x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1e-6)
 
         def xy(p):
