@@ -264,9 +264,10 @@ class GPT(nn.Module):
         if c.pos_emb == "learned":
             limits += [(BLOCK_ROW, "block_row", c.max_block_row, "max_block_row"),
                        (BLOCK_COL, "block_col", c.max_block_col, "max_block_col")]
+        flat = positions.reshape(-1, positions.size(-1))
+        lows, highs = torch.stack([flat.amin(0), flat.amax(0)]).tolist()  # one device sync
         for col, field, limit, name in limits:
-            v = positions[..., col]
-            lo, hi = int(v.min()), int(v.max())
+            lo, hi = lows[col], highs[col]
             if lo < 0 or hi >= limit:
                 hint = " (pos_emb='rope2d' has no such limit)" if col in (BLOCK_ROW, BLOCK_COL) else ""
                 raise ValueError(f"GPT: position field {field} spans {lo}..{hi}, outside 0..{limit - 1} "
@@ -284,7 +285,8 @@ class GPT(nn.Module):
             raise ValueError(f"GPT: positions {tuple(positions.shape)} do not match ids {(B, T)} x 5")
         if T > self.config.block_size:
             raise ValueError(f"GPT: {T} tokens in one pass exceed block_size {self.config.block_size}")
-        self._check_positions(positions)
+        if not torch.compiler.is_compiling():  # a data-dependent check would break the graph
+            self._check_positions(positions)
         positions = positions.long()
         tr = self.transformer
         x = (tr.wte(idx) + tr.wfe(positions[..., FRAME]) + tr.wce(positions[..., COMPONENT])
