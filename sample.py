@@ -43,6 +43,8 @@ class SampleConfig:
     quality: int = 0              # 0 = the tokenizer's configured quality
     prefix_image: str = ""        # keep the first prefix_rows block rows of this image, sample the rest
     prefix_rows: int = 0
+    prefix_clip: str = ""         # video tokenizers: keep the first prefix_frames frames, sample the next
+    prefix_frames: int = 0
     max_new_tokens: int = 0       # 0 = until the end token
     device: str = "auto"
     num_threads: int = 1          # CPU threads; sampling is many tiny ops, where more threads mostly wait
@@ -54,10 +56,21 @@ class SampleConfig:
             raise ValueError(f"prefix_rows={self.prefix_rows}: expected >= 0")
         if self.prefix_rows and not self.prefix_image:
             raise ValueError("prefix_rows is set but prefix_image is not")
+        if self.prefix_frames < 0 or (self.prefix_frames and not self.prefix_clip):
+            raise ValueError(f"prefix_frames={self.prefix_frames}: expected >= 0, with prefix_clip set")
+        if self.prefix_clip and self.prefix_image:
+            raise ValueError("prefix_clip and prefix_image: give one of them")
 
 
 def prompt_for(tok, cfg: SampleConfig) -> TokenSequence:
-    """BOS + header at the requested size and quality, or the first rows of a given image."""
+    """BOS + header at the requested size and quality, the first rows of an image or frames of a clip."""
+    if cfg.prefix_clip:
+        path = Path(cfg.prefix_clip)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: prefix_clip not found")
+        if not hasattr(tok, "prompt"):
+            raise ValueError(f"prefix_clip: the checkpoint's tokenizer {tok.name!r} takes no clips")
+        return tok.prompt(path, cfg.prefix_frames)
     if cfg.prefix_image:
         path = Path(cfg.prefix_image)
         if not path.is_file():
@@ -73,8 +86,8 @@ def prompt_for(tok, cfg: SampleConfig) -> TokenSequence:
     return tok.header(height, width, quality=cfg.quality or None)
 
 
-def make_grid(images: list[Image.Image], pad: int = 2) -> Image.Image:
-    cols = math.ceil(math.sqrt(len(images)))
+def make_grid(images: list[Image.Image], pad: int = 2, cols: int = 0) -> Image.Image:
+    cols = cols or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
     w = max(im.width for im in images)
     h = max(im.height for im in images)
@@ -84,8 +97,27 @@ def make_grid(images: list[Image.Image], pad: int = 2) -> Image.Image:
     return grid
 
 
+def write_sample(data, stem: Path) -> tuple[Path, Image.Image]:
+    """Write what a tokenizer decoded: image file bytes, a clip (JPEG frames, as MJPEG) or pixels."""
+    if isinstance(data, bytes):  # an image file: JPEG (DCT tokens) or PNG (VQ-VAE tokens)
+        image = Image.open(io.BytesIO(data))
+        path = stem.with_suffix(".jpg" if image.format == "JPEG" else f".{image.format.lower()}")
+        path.write_bytes(data)
+        return path, image
+    if isinstance(data, list):
+        from tokenizer.video_io import filmstrip, write_mjpeg  # the video extra, only when sampling clips
+
+        path = stem.with_suffix(".avi")
+        write_mjpeg(data, path)
+        return path, filmstrip(data)
+    image = data if isinstance(data, Image.Image) else Image.fromarray(np.asarray(data))
+    path = stem.with_suffix(".png")
+    image.save(path)
+    return path, image
+
+
 def main(cfg: SampleConfig) -> list[Path]:
-    """Sample, write JPEGs and grid.png; returns the JPEG paths."""
+    """Sample, write each sample (JPEG, or MJPEG clip) and grid.png; returns the sample paths."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -101,13 +133,12 @@ def main(cfg: SampleConfig) -> list[Path]:
         scfg = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                               seed=cfg.seed + start, max_new_tokens=cfg.max_new_tokens)
         for i, seq in enumerate(generate(ck.model, tok, prompt, n, scfg, progress=progress)):
-            data = tok.decode(seq)
-            path = out / f"sample-{start + i:03d}.jpg"
-            path.write_bytes(data)
-            images.append(Image.open(io.BytesIO(data)))
+            path, image = write_sample(tok.decode(seq), out / f"sample-{start + i:03d}")
+            images.append(image)
             paths.append(path)
             log.info("%s: %d tokens", path, len(seq))
-    make_grid(images).save(out / "grid.png")
+    clips = any(p.suffix == ".avi" for p in paths)
+    make_grid(images, cols=1 if clips else 0).save(out / "grid.png")  # clips: one filmstrip per row
     log.info("wrote %d samples and %s", len(paths), out / "grid.png")
     return paths
 

@@ -95,8 +95,9 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 0")
 
-    def model_config(self, vocab_size: int) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+    def model_config(self, vocab_size: int, n_frame: int = 1) -> GPTConfig:
+        return GPTConfig(vocab_size=vocab_size, n_frame=n_frame, block_size=self.block_size,
+                         n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
                          pos_emb=self.pos_emb, attention=self.attention, max_block_row=self.max_block_row,
                          max_block_col=self.max_block_col, rope_base=self.rope_base)
@@ -194,7 +195,8 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
 
     torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model_config(tok.vocab_size)).to(device)
+    # a video tokenizer says how many frames its positions span; images have one
+    model = GPT(cfg.model_config(tok.vocab_size, getattr(tok, "n_frame", 1))).to(device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                            device_type)
     iter_num, best_val, elapsed_before = 0, float("inf"), 0.0

@@ -185,8 +185,6 @@ def test_video_corpus_of_camera_pans(video_corpus):
     assert corpus.split("val").positions[:, 0].max() == 2                 # frame index 0..2
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="train.py builds GPTConfig with n_frame=1; frame "
-                   "positions of video tokens need n_frame = tokenizer.n_frame (see the issue 4 report)")
 def test_train_main_runs_on_video_tokens(video_corpus, tmp_path):
     import train as train_py
 
@@ -198,8 +196,6 @@ def test_train_main_runs_on_video_tokens(video_corpus, tmp_path):
     assert sorted(result.train_loss) == [0, 1]
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, TypeError), reason="needs the train.py (n_frame) and "
-                   "sample.py (prefix_clip, clips out) changes of the issue 4 report")
 def test_sample_continues_a_clip(video_corpus, tmp_path):
     import sample
     import train as train_py
