@@ -74,14 +74,17 @@ def sequence_nll(model: GPT, seq: TokenSequence, stride: int = 0) -> np.ndarray:
 def evaluate_image(model: GPT, tok, path: Path, stride: int = 0) -> ImageResult:
     from tokenizer import scan_bytes  # the baseline is JPEG-specific; the model is not
 
-    prepared = tok.prepare(path)  # the JPEG that encode(path) tokenizes
     seq = tok.encode(path)
-    width, height = Image.open(io.BytesIO(prepared)).size
     bits = float(sequence_nll(model, seq, stride).sum() / math.log(2))
-    scan = scan_bytes(prepared)
+    if hasattr(tok, "prepare"):   # JPEG-DCT based: the JPEG that encode(path) tokenizes
+        prepared = tok.prepare(path)
+        scan = scan_bytes(prepared)
+    else:                         # learned tokens (VQ-VAE): no JPEG scan to compare with
+        prepared, scan = tok.decode(seq), 0
+    width, height = Image.open(io.BytesIO(prepared)).size
     return ImageResult(name=path.name, height=height, width=width, tokens=len(seq), bits=bits,
                        bits_per_pixel=bits / (height * width), scan_bytes=scan,
-                       saving=1 - bits / (8 * scan))
+                       saving=1 - bits / (8 * scan) if scan else float("nan"))
 
 
 def list_images(directory: str | Path) -> list[Path]:
@@ -101,7 +104,7 @@ def summarize(results: list[ImageResult]) -> dict:
             "mean_bits_per_pixel": float(np.mean([r.bits_per_pixel for r in results])),
             "mean_scan_bytes": scan / len(results),
             "mean_saving": float(np.mean([r.saving for r in results])),
-            "total_saving": 1 - bits / (8 * scan)}
+            "total_saving": 1 - bits / (8 * scan) if scan else float("nan")}
 
 
 def format_table(results: list[ImageResult], summary: dict) -> str:

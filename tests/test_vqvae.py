@@ -129,6 +129,13 @@ def test_train_main_runs_on_vq_tokens(trained, tmp_path):
     assert isinstance(ck.tokenizer, VqVaeTokenizer) and ck.model.config.vocab_size == tok.vocab_size
     import sample  # sample.py runs unchanged on VQ tokens
     paths = sample.main(sample.SampleConfig(out_dir=str(tmp_path / "run"), num_samples=2, batch_size=2))
-    for p in paths:                                                   # (PNG bytes, named .jpg by sample.py)
+    for p in paths:
         assert Image.open(p).size == (16, 16)
     assert (tmp_path / "run" / "samples" / "grid.png").is_file()
+    from dctgpt import evaluate  # bits per image on learned tokens; no JPEG scan to compare with
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (200, 40, 10)).save(folder / "red.png")
+    report = evaluate.main(str(tmp_path / "run"), str(folder), progress=False)
+    row = report["images"][0]
+    assert row["bits"] > 0 and row["scan_bytes"] == 0 and row["saving"] != row["saving"]   # nan
