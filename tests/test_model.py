@@ -7,16 +7,6 @@ import torch
 
 from dctgpt.model import GPT, GPTConfig, KVCache
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 V = 97
 
 

@@ -20,15 +20,6 @@ from tokenizer import JpegDctConfig, JpegDctTokenizer, scan_bytes
 from tokenizer.base import BLOCK_ROW, COMPONENT
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     corpus = tmp_path_factory.mktemp("corpus")

@@ -19,16 +19,6 @@ from dctgpt.config import parse_config
 from dctgpt.data import Packer
 from tokenizer.shards import Corpus
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

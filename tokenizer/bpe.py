@@ -111,8 +111,6 @@ class BpeTokenizer:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> BpeTokenizer:
         cfg = read_config(directory)["config"]
-        if cfg.get("size") is not None:
-            cfg["size"] = tuple(cfg["size"])
         model = Path(directory) / "bpe.model"
         if not model.is_file():
             raise FileNotFoundError(f"{model}: missing (a BPE tokenizer directory holds bpe.model)")

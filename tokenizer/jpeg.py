@@ -184,8 +184,6 @@ class JpegDctTokenizer:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> JpegDctTokenizer:
         cfg = read_config(directory)["config"]
-        if cfg.get("size") is not None:
-            cfg["size"] = tuple(cfg["size"])
         return cls(JpegDctConfig(**cfg))
 
 

@@ -203,8 +203,6 @@ class VideoTokenizer:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> VideoTokenizer:
         cfg = read_config(directory)["config"]
-        if cfg.get("size") is not None:
-            cfg["size"] = tuple(cfg["size"])
         return cls(VideoConfig(**cfg))
 
 

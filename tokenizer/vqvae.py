@@ -343,8 +343,6 @@ class VqVaeTokenizer:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> VqVaeTokenizer:
         cfg = read_config(directory)["config"]
-        if cfg.get("size") is not None:
-            cfg["size"] = tuple(cfg["size"])
         config = VqConfig(**cfg)
         path = Path(directory) / "vqvae.safetensors"
         if not path.is_file():
