@@ -96,6 +96,13 @@ class Tokenizer(Protocol):
     def load(cls, directory: str | os.PathLike) -> Tokenizer: ...
 
 
+def advance(grammar: Grammar, prefix: TokenSequence | None) -> Grammar:
+    """Push every id of `prefix` (if any) onto `grammar` and return it: a cursor after the prefix."""
+    for t in ([] if prefix is None else prefix.ids):
+        grammar.push(int(t))
+    return grammar
+
+
 REGISTRY: dict[str, type] = {}
 LAZY_MODULES = {"vqvae": "tokenizer.vqvae", "video_dct": "tokenizer.video"}   # name -> registering module
 

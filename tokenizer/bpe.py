@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from tokenizer.base import TokenizerError, TokenSequence, read_config, register, save_config
+from tokenizer.base import TokenizerError, TokenSequence, advance, read_config, register, save_config
 from tokenizer.jpeg import JpegDctConfig, JpegDctTokenizer
 
 _CHAR0 = 0x4E00        # base id i <-> chr(_CHAR0 + i)
@@ -98,10 +98,7 @@ class BpeTokenizer:
         return TokenSequence(np.array([single[int(t)] for t in h.ids]), h.positions)
 
     def grammar(self, prefix: TokenSequence | None = None) -> BpeGrammar:
-        g = BpeGrammar(self)
-        for t in ([] if prefix is None else prefix.ids):
-            g.push(int(t))
-        return g
+        return advance(BpeGrammar(self), prefix)
 
     def save(self, directory: str | os.PathLike) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from tokenizer.base import TokenizerError, TokenSequence, read_config, register, save_config
+from tokenizer.base import TokenizerError, TokenSequence, advance, read_config, register, save_config
 from tokenizer.dct_codec import decode_coefficients, encode_batch, encode_coefficients
 from tokenizer.dct_tokens import ORDERS, Vocab, header_ids, header_positions
 from tokenizer.grammar import JpegGrammar
@@ -173,9 +173,7 @@ class JpegDctTokenizer:
     def grammar(self, prefix: TokenSequence | None = None) -> JpegGrammar:
         """A cursor over valid streams (tokenizer.grammar), advanced past `prefix` if given."""
         g = JpegGrammar(self.vocab, self.config.order, self.config.bands, self.config.max_pixels)
-        for t in ([] if prefix is None else prefix.ids):
-            g.push(int(t))
-        return g
+        return advance(g, prefix)
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:

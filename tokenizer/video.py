@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenizer.base import TokenizerError, TokenSequence, read_config, register, save_config
+from tokenizer.base import TokenizerError, TokenSequence, advance, read_config, register, save_config
 from tokenizer.dct_codec import decode_coefficients, encode_coefficients, parse_header
 from tokenizer.dct_tokens import HEADER_LEN, Vocab, block_layout, header_ids, header_positions
 from tokenizer.jpeg import JpegDctConfig, JpegDctTokenizer
@@ -191,10 +191,7 @@ class VideoTokenizer:
         return seq[:int(cut[0])] if len(cut) else seq[:-1]
 
     def grammar(self, prefix: TokenSequence | None = None) -> VideoGrammar:
-        g = VideoGrammar(self)
-        for t in ([] if prefix is None else prefix.ids):
-            g.push(int(t))
-        return g
+        return advance(VideoGrammar(self), prefix)
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:

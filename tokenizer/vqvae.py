@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from tokenizer.base import TokenizerError, TokenSequence, read_config, register, save_config
+from tokenizer.base import TokenizerError, TokenSequence, advance, read_config, register, save_config
 
 QUANTIZERS = ("ema", "straight_through")
 
@@ -328,10 +328,7 @@ class VqVaeTokenizer:
         return TokenSequence(np.array(ids), pos)
 
     def grammar(self, prefix: TokenSequence | None = None) -> VqGrammar:
-        g = VqGrammar(self)
-        for t in ([] if prefix is None else prefix.ids):
-            g.push(int(t))
-        return g
+        return advance(VqGrammar(self), prefix)
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:
