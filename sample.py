@@ -68,8 +68,6 @@ def prompt_for(tok, cfg: SampleConfig) -> TokenSequence:
         path = Path(cfg.prefix_clip)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: prefix_clip not found")
-        if not hasattr(tok, "prompt"):
-            raise ValueError(f"prefix_clip: the checkpoint's tokenizer {tok.name!r} takes no clips")
         return tok.prompt(path, cfg.prefix_frames)
     if cfg.prefix_image:
         path = Path(cfg.prefix_image)
@@ -79,7 +77,7 @@ def prompt_for(tok, cfg: SampleConfig) -> TokenSequence:
         rows = seq.positions[:, BLOCK_ROW]
         beyond = np.flatnonzero((seq.positions[:, COMPONENT] > 0) & (rows >= cfg.prefix_rows))
         return seq[:int(beyond[0])] if len(beyond) else seq[:-1]
-    size = getattr(getattr(tok, "config", None), "size", None) or (0, 0)  # (height, width) if fixed
+    size = tok.size or (0, 0)  # (height, width) if the tokenizer fixes it
     height, width = cfg.height or size[0], cfg.width or size[1]
     if not (height and width):
         raise ValueError("height and width: give --height and --width (the tokenizer has no default size)")
@@ -105,7 +103,7 @@ def write_sample(data, stem: Path) -> tuple[Path, Image.Image]:
         path.write_bytes(data)
         return path, image
     if isinstance(data, list):
-        from tokenizer.video_io import filmstrip, write_mjpeg  # the video extra, only when sampling clips
+        from tokenizer.video.io import filmstrip, write_mjpeg  # the video extra, only when sampling clips
 
         path = stem.with_suffix(".avi")
         write_mjpeg(data, path)

@@ -31,7 +31,7 @@ from dctgpt.config import parse_config, to_dict
 from dctgpt.data import Packer
 from dctgpt.logbook import Logbook
 from dctgpt.model import GPT, GPTConfig
-from tokenizer.shards import Corpus
+from tokenizer.corpus.shards import Corpus
 
 log = logging.getLogger("dctgpt.train")
 EVAL_SEED = 1 << 30  # eval rows come from (seed, EVAL_SEED, k): the same rows at every evaluation
@@ -42,7 +42,7 @@ class TrainConfig:
     # I/O
     out_dir: str = "out"
     data_dir: str = "data/embedded64"
-    prepare_args: str = ""     # if data_dir holds no corpus: python -m tokenizer.prepare ARGS --out data_dir
+    prepare_args: str = ""     # no corpus in data_dir: python -m tokenizer.corpus.prepare ARGS --out data_dir
     init_from: str = "scratch"  # "scratch" | "resume"
     eval_interval: int = 100
     eval_iters: int = 10
@@ -129,12 +129,12 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
 
 
 def ensure_corpus(cfg: TrainConfig) -> Corpus:
-    """The corpus in data_dir, tokenized first through tokenizer.prepare if it is missing."""
+    """The corpus in data_dir, tokenized first through tokenizer.corpus.prepare if it is missing."""
     if not (Path(cfg.data_dir) / "corpus.json").is_file():
         if not cfg.prepare_args:
             raise FileNotFoundError(f"{cfg.data_dir}: no corpus.json, and no prepare_args to make one "
-                                    f"(run python -m tokenizer.prepare ... --out {cfg.data_dir})")
-        cmd = [sys.executable, "-m", "tokenizer.prepare", *shlex.split(cfg.prepare_args),
+                                    f"(run python -m tokenizer.corpus.prepare ... --out {cfg.data_dir})")
+        cmd = [sys.executable, "-m", "tokenizer.corpus.prepare", *shlex.split(cfg.prepare_args),
                "--out", cfg.data_dir]
         log.info("tokenizing the corpus: %s", " ".join(cmd))
         subprocess.run(cmd, check=True)
@@ -196,7 +196,7 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
 
     torch.manual_seed(cfg.seed)
     # a video tokenizer says how many frames its positions span; images have one
-    model = GPT(cfg.model_config(tok.vocab_size, getattr(tok, "n_frame", 1))).to(device)
+    model = GPT(cfg.model_config(tok.vocab_size, tok.n_frame)).to(device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                            device_type)
     iter_num, best_val, elapsed_before = 0, float("inf"), 0.0

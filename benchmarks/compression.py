@@ -34,8 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokenizer import JpegDctConfig, JpegDctTokenizer  # noqa: E402
-from tokenizer.embedded import export  # noqa: E402
-from tokenizer.jpeg_io import parse_jpeg  # noqa: E402
+from tokenizer.corpus.embedded import export  # noqa: E402
+from tokenizer.jpeg.io import parse_jpeg  # noqa: E402
 
 
 def _jpegtran(data: bytes, *flags: str) -> bytes:
@@ -81,7 +81,7 @@ def run(images: list[Path], tok, model=None) -> dict:
         rows["model"] = []
     pixels = []
     for p in tqdm(images, desc="compress", disable=not sys.stderr.isatty()):
-        data = tok.prepare(p)
+        data = tok.to_jpeg(p)
         info = parse_jpeg(data)
         pixels.append(info.height * info.width)
         for name, fn in fns.items():
@@ -145,7 +145,6 @@ def main(argv: list[str] | None = None) -> dict:
         model, tok = ck.model, ck.tokenizer
     else:
         tok = JpegDctTokenizer(JpegDctConfig())
-    tok = getattr(tok, "base", tok) if model is None else tok
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(a.images) if a.images else Path(tmp)
         if not a.images:

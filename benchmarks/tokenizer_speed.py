@@ -89,7 +89,7 @@ def speed_table(images: list[np.ndarray], n: int, seconds: float, quality: int =
     rows = []
     for size in SIZES:
         tok = JpegDctTokenizer(JpegDctConfig(quality=quality, size=(size, size)))
-        files = [tok.prepare(c) for c in crops(images, size, n)]
+        files = [tok.to_jpeg(c) for c in crops(images, size, n)]
         seqs = [tok.encode(f) for f in files]
         pixels = [pil_decode(f) for f in files]
         enc, pil_dec = rate(tok.encode, files, seconds), rate(pil_decode, files, seconds)
@@ -109,7 +109,7 @@ def bpe_lengths(bpe, seqs: list[TokenSequence]) -> float | None:
 
 def tokens_table(images: list[np.ndarray], n: int, bpe=None) -> list[dict]:
     rows = []
-    base = getattr(bpe, "base", None)
+    base = bpe.base if bpe is not None else None
     for size in SIZES:
         cs = crops(images, size, n, seed=1)
         for quality in QUALITIES:
@@ -125,7 +125,7 @@ def tokens_table(images: list[np.ndarray], n: int, bpe=None) -> list[dict]:
 
 def profile(images: list[np.ndarray], size: int = 128, n: int = 32) -> None:
     tok = JpegDctTokenizer(JpegDctConfig(quality=25, size=(size, size)))
-    files = [tok.prepare(c) for c in crops(images, size, n)]
+    files = [tok.to_jpeg(c) for c in crops(images, size, n)]
     seqs = [tok.encode(f) for f in files]
     for name, fn, items in (("encode", tok.encode, files), ("decode", tok.decode, seqs)):
         prof = cProfile.Profile()

@@ -1,6 +1,6 @@
 """The GPT over DCT tokens and what trains, samples and measures it.
 
-Never imports a concrete tokenizer: only the interface in `tokenizer.base` (DESIGN.md).
+Never imports a concrete tokenizer: only the interface in `tokenizer.base`.
 """
 
 from dctgpt.model import GPT, GPTConfig, KVCache

@@ -1,4 +1,4 @@
-"""Frozen config dataclasses from recipe files and `--key=value` overrides (STYLE.md).
+"""Frozen config dataclasses from recipe files and `--key=value` overrides.
 
 `parse_config(TrainConfig, ["configs/quickstart.json", "--max_iters=100"])`: JSON recipe files are
 applied in order, then the overrides; an unknown key or a value of the wrong type is a ValueError

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tokenizer.shards import CorpusSplit
+from tokenizer.corpus.shards import CorpusSplit
 
 
 @dataclass(frozen=True)

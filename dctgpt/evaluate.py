@@ -76,10 +76,10 @@ def evaluate_image(model: GPT, tok, path: Path, stride: int = 0) -> ImageResult:
 
     seq = tok.encode(path)
     bits = float(sequence_nll(model, seq, stride).sum() / math.log(2))
-    if hasattr(tok, "prepare"):   # JPEG-DCT based: the JPEG that encode(path) tokenizes
-        prepared = tok.prepare(path)
+    prepared = tok.to_jpeg(path)      # the JPEG whose coefficients encode(path) tokenizes
+    if prepared is not None:
         scan = scan_bytes(prepared)
-    else:                         # learned tokens (VQ-VAE): no JPEG scan to compare with
+    else:                             # learned tokens (VQ-VAE): no JPEG scan to compare with
         prepared, scan = tok.decode(seq), 0
     width, height = Image.open(io.BytesIO(prepared)).size
     return ImageResult(name=path.name, height=height, width=width, tokens=len(seq), bits=bits,

@@ -51,7 +51,7 @@ def check(tok, path: str) -> dict:
     except Exception as e:   # any other exception type is a bug
         return {"result": "bad", "type": type(e).__name__, "message": str(e)[:300]}
     try:
-        prepared = tok.prepare(path)
+        prepared = tok.to_jpeg(path)
         if tok.config.quality is None:
             assert prepared == Path(path).read_bytes(), "quality=None did not keep the file"
         jpeg = tok.decode(seq)

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from tokenizer import JpegDctConfig, JpegDctTokenizer, TokenizerError, TokenSequence, load_tokenizer
-from tokenizer.bpe import BpeTokenizer
-from tokenizer.embedded import crops
-from tokenizer.jpeg_io import read_coefficients
+from tokenizer.bpe.tokenizer import BpeTokenizer
+from tokenizer.corpus.embedded import crops
+from tokenizer.jpeg.io import read_coefficients
 
 
 @pytest.fixture(scope="module")

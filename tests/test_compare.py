@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 from tiny_corpus import make_corpus
 
+from dctgpt.compare import cli, expand
 from tokenizer import JpegDctTokenizer
-from tokenizer.compare import cli, expand
-from tokenizer.embedded import export
-from tokenizer.vqvae import VqConfig
-from tokenizer.vqvae_train import VqTrainConfig, train
+from tokenizer.corpus.embedded import export
+from tokenizer.vqvae.model import VqConfig
+from tokenizer.vqvae.train import VqTrainConfig, train
 
 
 @pytest.fixture(scope="module")

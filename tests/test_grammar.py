@@ -10,8 +10,8 @@ from jpeg_reference import photo_pixels, reference
 from PIL import Image
 
 from tokenizer import JpegDctConfig, JpegDctTokenizer, TokenizerError, TokenSequence
-from tokenizer.grammar import accepts
-from tokenizer.jpeg_io import read_coefficients
+from tokenizer.jpeg.grammar import accepts
+from tokenizer.jpeg.io import read_coefficients
 
 ORDERS = ("raster", "coarse_to_fine")
 

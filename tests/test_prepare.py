@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from tokenizer import JpegDctConfig, JpegDctTokenizer
-from tokenizer.embedded import SPLITS, crops, photo_path
-from tokenizer.jpeg_io import read_coefficients
-from tokenizer.prepare import Source, cli, prepare
-from tokenizer.shards import Corpus
+from tokenizer.corpus.embedded import SPLITS, crops, photo_path
+from tokenizer.corpus.prepare import Source, cli, prepare
+from tokenizer.corpus.shards import Corpus
+from tokenizer.jpeg.io import read_coefficients
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_folder_source_skips_bad_files(tmp_path, caplog):
         Image.fromarray(px).save(src / ("sub" if i % 2 else ".") / f"img{i}.png")
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     (src / "notes.txt").write_text("ignored: not an image extension")
-    with caplog.at_level(logging.WARNING, logger="tokenizer.prepare"):
+    with caplog.at_level(logging.WARNING, logger="tokenizer.corpus.prepare"):
         m = prepare(Source("folder", str(src)), tmp_path / "out", _tok(), val_fraction=0.3, shard_size=3,
                     workers=1, progress=False)
     total = sum(d["sequences"] for d in m["splits"].values())
@@ -92,7 +92,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
             "--shard_size", "4", "--workers", "1"]
     cli(args + ["--out", str(tmp_path / "clean")])
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "tokenizer.prepare", *args, "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "tokenizer.corpus.prepare", *args, "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and len(list((out / "train").glob("*.safetensors"))) < 2:

@@ -25,7 +25,7 @@ def assert_round_trip(tok, path) -> np.ndarray:
     """Exact round trip; returns the pixels of the decoded JPEG."""
     seq = tok.encode(path)
     jpeg = tok.decode(seq)
-    reference(jpeg).assert_equal(reference(tok.prepare(path)), str(path))
+    reference(jpeg).assert_equal(reference(tok.to_jpeg(path)), str(path))
     return pil_pixels(jpeg)
 
 
@@ -68,7 +68,7 @@ def test_progressive_jpeg(tmp_path):
     path = save(tmp_path, "prog.jpg", im, "JPEG", quality=25, progressive=True)
     assert_round_trip(tok_for(quality=None, size=None), path)
     assert_round_trip(tok_for(quality=25, size=None), path)        # same quality: kept as it is
-    assert tok_for(quality=25, size=None).prepare(path) == path.read_bytes()
+    assert tok_for(quality=25, size=None).to_jpeg(path) == path.read_bytes()
     assert_round_trip(tok_for(quality=10, size=(32, 32)), path)
 
 
@@ -172,7 +172,7 @@ def test_corrupt_jpeg_round_trips_or_fails_cleanly(tmp_path, seed):
         except CLEAN_ERRORS as e:
             assert str(path) in str(e)
             continue
-        reference(tok.decode(seq)).assert_equal(reference(tok.prepare(path)))
+        reference(tok.decode(seq)).assert_equal(reference(tok.to_jpeg(path)))
 
 
 @pytest.mark.parametrize("content", [b"", b"hello, not an image", b"\xff\xd8",

@@ -63,7 +63,7 @@ def test_prefix_completion_keeps_the_first_rows(run_dir, tmp_path):
     paths = sample.main(sample.SampleConfig(out_dir=str(run_dir), samples_dir=str(tmp_path / "s"),
                                             num_samples=2, prefix_image=str(img), prefix_rows=2))
     src = tmp_path / "prefix.jpg"
-    src.write_bytes(ck.tokenizer.prepare(img))
+    src.write_bytes(ck.tokenizer.to_jpeg(img))
     ref = jpeglib.read_dct(str(src))
     for p in paths:  # the kept rows of blocks come back unchanged: luma rows 0-1, chroma row 0
         got = jpeglib.read_dct(str(p))
@@ -127,7 +127,7 @@ def test_evaluate_main_reports_bits_and_saving(run_dir, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == report
     ck = checkpoint.load(run_dir)
     for r in report["images"]:
-        prepared = ck.tokenizer.prepare(tmp_path / "imgs" / r["name"])
+        prepared = ck.tokenizer.to_jpeg(tmp_path / "imgs" / r["name"])
         seq = ck.tokenizer.encode(tmp_path / "imgs" / r["name"])
         bits = evaluate.sequence_nll(ck.model, seq).sum() / math.log(2)
         assert r["bits"] == pytest.approx(bits, rel=1e-6)

@@ -32,9 +32,9 @@ from tokenizer import (
     TokenSequence,
     load_tokenizer,
 )
-from tokenizer.dct_codec import decode_coefficients, encode_batch, encode_coefficients
-from tokenizer.grammar import accepts
-from tokenizer.jpeg_io import SUBSAMPLINGS, ZIGZAG, block_grid
+from tokenizer.jpeg.codec import decode_coefficients, encode_batch, encode_coefficients
+from tokenizer.jpeg.grammar import accepts
+from tokenizer.jpeg.io import SUBSAMPLINGS, ZIGZAG, block_grid
 
 ORDERS = ("raster", "coarse_to_fine")
 SIZES = [(64, 64), (37, 53), (1, 1), (8, 200), (130, 17)]
@@ -58,7 +58,7 @@ def assert_coefficients_equal(a: Coefficients, b: Coefficients) -> None:
 
 def assert_round_trip(tok: JpegDctTokenizer, media, expect_size=None) -> TokenSequence:
     """encode -> decode gives a JPEG whose coefficients and tables equal the prepared JPEG's."""
-    prepared = tok.prepare(media)
+    prepared = tok.to_jpeg(media)
     ref = reference(prepared)
     seq = tok.encode(media)
     assert seq.ids.dtype == np.int32 and seq.positions.shape == (len(seq), 5)
@@ -152,7 +152,7 @@ KEPT_JPEGS = {
 def test_quality_none_keeps_jpeg_exactly(kind, order):
     data = KEPT_JPEGS[kind]()
     tok = tok_for(quality=None, size=None, order=order)
-    assert tok.prepare(data) == data
+    assert tok.to_jpeg(data) == data
     seq = assert_round_trip(tok, data)
     reference(tok.decode(seq)).assert_equal(reference(data), kind)
     custom = kind == "custom-tables"
@@ -170,11 +170,11 @@ def test_quality_none_keeps_wheel_jpegs(name, tmp_path):
 
 def test_jpeg_already_at_the_target_is_used_as_is():
     tok = tok_for(quality=25, size=(48, 64))
-    data = tok.prepare(photo_pixels("coffee"))
-    assert tok.prepare(data) == data
-    other = tok_for(quality=26, size=(48, 64)).prepare(data)   # another quality re-encodes
+    data = tok.to_jpeg(photo_pixels("coffee"))
+    assert tok.to_jpeg(data) == data
+    other = tok_for(quality=26, size=(48, 64)).to_jpeg(data)   # another quality re-encodes
     assert other != data and reference(other).tables[0].tolist() == pil_tables(26, False)[0].tolist()
-    assert reference(tok_for(quality=25, size=(48, 64), subsampling="4:4:4").prepare(data)).factors == \
+    assert reference(tok_for(quality=25, size=(48, 64), subsampling="4:4:4").to_jpeg(data)).factors == \
         FACTORS["4:4:4"]
 
 
@@ -192,7 +192,7 @@ def _one_block(**values) -> Coefficients:
     blk = np.zeros((1, 1, 64), np.int16)
     for k, v in values.items():
         blk[0, 0, int(k[1:])] = v
-    from tokenizer.jpeg_io import standard_qtables
+    from tokenizer.jpeg.io import standard_qtables
     return Coefficients(8, 8, "gray", (blk,), standard_qtables(50, 1).copy())
 
 
@@ -261,7 +261,7 @@ def coefficient_sets(draw, values=INT16, dc_values=None):
         blocks.append(b)
     n = len(blocks)
     if draw(st.booleans()):
-        from tokenizer.jpeg_io import standard_qtables
+        from tokenizer.jpeg.io import standard_qtables
         qt = standard_qtables(draw(st.integers(1, 100)), n).copy()
     else:
         qt = draw(arrays(np.uint16, (n, 64), elements=st.integers(1, 255)))

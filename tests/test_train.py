@@ -17,7 +17,7 @@ import train
 from dctgpt import checkpoint
 from dctgpt.config import parse_config
 from dctgpt.data import Packer
-from tokenizer.shards import Corpus
+from tokenizer.corpus.shards import Corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 
 from tokenizer import TokenizerError, load_tokenizer
-from tokenizer.embedded import load_photo
-from tokenizer.jpeg_io import read_coefficients
-from tokenizer.video import VideoConfig, VideoTokenizer
-from tokenizer.video_io import (
+from tokenizer.corpus.embedded import load_photo
+from tokenizer.jpeg.io import read_coefficients
+from tokenizer.video.io import (
     equivalent_subsampling,
     filmstrip,
     read_frame,
     read_video,
     write_mjpeg,
 )
+from tokenizer.video.tokenizer import VideoConfig, VideoTokenizer
 
 av = pytest.importorskip("av")
 
@@ -166,7 +166,7 @@ def test_random_walk_of_the_grammar_decodes():
 
 @pytest.fixture(scope="module")
 def video_corpus(tmp_path_factory):
-    from tokenizer.video_corpus import pans, write_corpus
+    from tokenizer.corpus.clips import pans, write_corpus
 
     d = tmp_path_factory.mktemp("video_corpus")
     tok = VideoTokenizer(VideoConfig(mode="delta", quality=50, size=(16, 16), max_frames=3))
@@ -176,7 +176,7 @@ def video_corpus(tmp_path_factory):
 
 
 def test_video_corpus_of_camera_pans(video_corpus):
-    from tokenizer.shards import Corpus
+    from tokenizer.corpus.shards import Corpus
 
     d, tok, clips = video_corpus
     corpus = Corpus(d)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenizer import JpegDctConfig, JpegDctTokenizer
-from tokenizer.shards import write_shard
+from tokenizer.corpus.shards import write_shard
 
 
 def synthetic_image(rng: np.random.Generator, size: int) -> np.ndarray:

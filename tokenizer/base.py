@@ -1,19 +1,20 @@
 """The one interface every tokenizer keeps: ids and positions in, media out.
 
-The model and the training loop see only what is defined here (DESIGN.md): a `TokenSequence`,
-the `Tokenizer` protocol and its `Grammar` cursor. Concrete tokenizers register themselves by name
-so `load_tokenizer(dir)` can rebuild one from its saved `tokenizer.json`.
+The model and the training loop see only what is defined here: a `TokenSequence`, the `Tokenizer`
+base class and its `Grammar` cursor. `TOKENIZERS` maps each saved name to an import path, so
+`load_tokenizer(dir)` rebuilds any tokenizer from its `tokenizer.json` and imports only that one.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import importlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -74,26 +75,83 @@ class Grammar(Protocol):
     def push(self, token: int) -> np.ndarray: ...
 
 
-@runtime_checkable
-class Tokenizer(Protocol):
-    """Media comes in, a TokenSequence comes out; and back. Saved as `tokenizer.json` (+ files)."""
+class Tokenizer(abc.ABC):
+    """Media comes in, a TokenSequence comes out; and back. The whole contract callers may use.
 
-    name: str
+    A subclass sets `name` (its key in TOKENIZERS) and `config_class` (a frozen dataclass of its
+    settings), builds itself from one config in `__init__`, and sets `config`, `vocab_size` and
+    the special ids there. `save`/`load` are written once, here: `tokenizer.json` holds the name
+    and the config; a tokenizer with more state (weights, merges) adds files through
+    `save_files` and reads them back in `from_files`.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    config: Any
     vocab_size: int
     pad_id: int
     bos_id: int
     eos_id: int
+    n_frame: int = 1   # frames one stream can hold: what a model's frame embedding must cover
 
-    def encode(self, media: Any, name: str | None = None) -> TokenSequence: ...
+    @abc.abstractmethod
+    def encode(self, media: Any, name: str | None = None) -> TokenSequence:
+        """One image (or clip) -> its token stream. `name` labels the input in error messages."""
 
-    def decode(self, seq: TokenSequence) -> Any: ...
+    @abc.abstractmethod
+    def decode(self, seq: TokenSequence) -> Any:
+        """A finished stream -> media: JPEG or PNG bytes for an image, a list of JPEGs for a clip."""
 
-    def grammar(self, prefix: TokenSequence | None = None) -> Grammar: ...
+    @abc.abstractmethod
+    def grammar(self, prefix: TokenSequence | None = None) -> Grammar:
+        """A cursor over the valid streams, after `prefix`: what may come next."""
 
-    def save(self, directory: str | os.PathLike) -> None: ...
+    @abc.abstractmethod
+    def header(self, height: int, width: int, quality: int | None = None,
+               subsampling: str | None = None) -> TokenSequence:
+        """BOS and the header of a stream of this size: a prompt for unconditional sampling."""
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(height, width) every input is brought to, or None when sizes vary."""
+        return getattr(self.config, "size", None)
+
+    def prompt(self, media: Any, n_frames: int) -> TokenSequence:
+        """The stream of a clip's first `n_frames` frames, open for the next (clip tokenizers only)."""
+        raise TokenizerError(f"the {self.name!r} tokenizer takes no clips as prompts")
+
+    def to_jpeg(self, media: Any, name: str | None = None) -> bytes | None:
+        """The JPEG this input becomes before it is tokenized (its coefficients are the tokens),
+        or None when the tokens are not a JPEG's (learned codes)."""
+        return None
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write `tokenizer.json` (name + config) and any files the tokenizer needs into `directory`."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.save_files(Path(directory))
+        write_json_atomic(Path(directory) / "tokenizer.json",
+                          {"name": self.name, "config": dataclasses.asdict(self.config)})
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> Tokenizer: ...
+    def load(cls, directory: str | os.PathLike) -> Tokenizer:
+        """Rebuild the tokenizer `save` wrote, with the same config and ids."""
+        saved = read_config(directory)
+        if saved["name"] != cls.name:
+            raise TokenizerError(f"{directory}: holds a {saved['name']!r} tokenizer, not {cls.name!r}")
+        try:
+            config = cls.config_class(**saved["config"])
+        except TypeError as e:
+            raise TokenizerError(f"{directory}/tokenizer.json: config does not fit {cls.name!r} ({e})"
+                                 ) from None
+        return cls.from_files(config, Path(directory))
+
+    def save_files(self, directory: Path) -> None:
+        """Hook: write what the config alone cannot rebuild (weights, merges). Nothing by default."""
+
+    @classmethod
+    def from_files(cls, config: Any, directory: Path) -> Tokenizer:
+        """Hook: build from a saved config and the files `save_files` wrote."""
+        return cls(config)
 
 
 def advance(grammar: Grammar, prefix: TokenSequence | None) -> Grammar:
@@ -103,41 +161,39 @@ def advance(grammar: Grammar, prefix: TokenSequence | None) -> Grammar:
     return grammar
 
 
-REGISTRY: dict[str, type] = {}
-LAZY_MODULES = {"vqvae": "tokenizer.vqvae", "video_dct": "tokenizer.video"}   # name -> registering module
+# Every tokenizer by its saved name: "module:Class", imported on first use, so this module (and
+# `import tokenizer`) never imports a concrete tokenizer or its heavy dependencies (torch, av).
+TOKENIZERS = {
+    "jpeg_dct": "tokenizer.jpeg.tokenizer:JpegDctTokenizer",
+    "jpeg_dct_bpe": "tokenizer.bpe.tokenizer:BpeTokenizer",
+    "vqvae": "tokenizer.vqvae.tokenizer:VqVaeTokenizer",
+    "video_dct": "tokenizer.video.tokenizer:VideoTokenizer",
+}
 
 
-def register(cls: type) -> type:
-    """Class decorator: make `load_tokenizer` able to rebuild this tokenizer by its `name`."""
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def save_config(directory: str | os.PathLike, name: str, config: Any) -> None:
-    """Write `tokenizer.json` ({"name", "config"}) atomically."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(d / "tokenizer.json", {"name": name, "config": dataclasses.asdict(config)})
+def tokenizer_class(name: str) -> type[Tokenizer]:
+    """The class registered under `name` (imports its module)."""
+    if name not in TOKENIZERS:
+        raise TokenizerError(f"unknown tokenizer {name!r}; known: {sorted(TOKENIZERS)}")
+    module, cls = TOKENIZERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def read_config(directory: str | os.PathLike) -> dict:
+    """The parsed `tokenizer.json` of a saved tokenizer: {"name", "config"}."""
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no tokenizer.json (expected a directory written by save())")
-    return json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+        return {"name": saved["name"], "config": dict(saved["config"])}
+    except (ValueError, KeyError, TypeError) as e:
+        raise TokenizerError(f"{path}: not a saved tokenizer ({type(e).__name__}: {e})") from None
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     """Rebuild whichever tokenizer was saved in `directory`, with the same config and ids."""
-    import tokenizer.bpe  # noqa: F401  (importing registers the tokenizers)
-    import tokenizer.jpeg  # noqa: F401
-
-    name = read_config(directory)["name"]
-    if name in LAZY_MODULES and name not in REGISTRY:   # heavy imports (torch, av) only when needed
-        importlib.import_module(LAZY_MODULES[name])
-    if name not in REGISTRY:
-        raise ValueError(f"{directory}: unknown tokenizer {name!r}; known: {sorted(REGISTRY)}")
-    return REGISTRY[name].load(directory)
+    return tokenizer_class(read_config(directory)["name"]).load(directory)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -1,7 +1,7 @@
 """Training of the VQ-VAE tokenizer (tokenizer.vqvae) on the embedded corpus or a folder of images.
 
-    python -m tokenizer.vqvae train --out data/vq512 --codebook_size 512 --downsample 4 --steps 600
-    python -m tokenizer.vqvae train --out data/vq_photos --source photos/ --size 64 64
+    python -m tokenizer.vqvae.train --out data/vq512 --codebook_size 512 --downsample 4 --steps 600
+    python -m tokenizer.vqvae.train --out data/vq_photos --source photos/ --size 64 64
 
 Every VqConfig and VqTrainConfig field is a flag. Writes the tokenizer (vqvae.safetensors +
 tokenizer.json), `report.json` (val PSNR, codebook usage, perplexity, losses) and `recon.png`
@@ -26,9 +26,10 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from tokenizer.base import write_json_atomic
-from tokenizer.vqvae import VqConfig, VqVae, VqVaeTokenizer, psnr
+from tokenizer.vqvae.model import VqConfig, VqVae, psnr
+from tokenizer.vqvae.tokenizer import VqVaeTokenizer
 
-log = logging.getLogger("tokenizer.vqvae")
+log = logging.getLogger("tokenizer.vqvae.train")
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,11 @@ class VqReport:
 def load_images(cfg: VqTrainConfig, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(N, H, W, 3) uint8 train and val crops."""
     if cfg.source == "embedded":
-        from tokenizer.embedded import crops
+        from tokenizer.corpus.embedded import crops
         train = [c.pixels for c in crops("train", cfg.train_crops, size, cfg.seed)]
         val = [c.pixels for c in crops("val", cfg.val_crops, size, cfg.seed)]
         return np.stack(train), np.stack(val)
-    from tokenizer.prepare import IMAGE_EXTS
+    from tokenizer.corpus.prepare import IMAGE_EXTS
     files = sorted(p for p in Path(cfg.source).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     if len(files) < 2:
         raise FileNotFoundError(f"{cfg.source}: fewer than 2 image files")
@@ -183,13 +184,11 @@ def _add_flags(ap: argparse.ArgumentParser, cls: type) -> None:
 
 def cli(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] != "train":
-        raise SystemExit("usage: python -m tokenizer.vqvae train --out DIR [--key value ...] (see --help)")
-    ap = argparse.ArgumentParser(prog="python -m tokenizer.vqvae train",
+    ap = argparse.ArgumentParser(prog="python -m tokenizer.vqvae.train",
                                  description="Train a VQ-VAE tokenizer.")
     _add_flags(ap, VqConfig)
     _add_flags(ap, VqTrainConfig)
-    a = vars(ap.parse_args(argv[1:]))
+    a = vars(ap.parse_args(argv))
     names = {f.name for f in dataclasses.fields(VqConfig)}
     config = VqConfig(**{k: (tuple(v) if k == "size" else v) for k, v in a.items() if k in names})
     tcfg = VqTrainConfig(**{k: v for k, v in a.items() if k not in names})
@@ -198,3 +197,7 @@ def cli(argv: list[str] | None = None) -> None:
     print(f"VQ-VAE {config.codebook_size} codes, /{config.downsample}: val PSNR {r.val_psnr:.2f} dB, "
           f"codebook usage {r.codebook_usage:.2f}, perplexity {r.perplexity:.1f}, {r.restarts} code "
           f"restarts, {r.seconds:.0f} s; saved to {tcfg.out}")
+
+
+if __name__ == "__main__":
+    cli()

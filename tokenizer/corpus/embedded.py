@@ -5,7 +5,7 @@ different photos (a stereo pair stays on one side). Crops are deterministic: cro
 function of (seed, split, i) only, at a random scale (log-uniform between the target size and the
 photo's short side), a random place, and a random horizontal flip.
 
-    python -m tokenizer.embedded --export data/embedded_val --split val --crops 64 --size 64
+    python -m tokenizer.corpus.embedded --export data/embedded_val --split val --crops 64 --size 64
 """
 
 from __future__ import annotations

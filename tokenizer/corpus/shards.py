@@ -76,7 +76,8 @@ class Corpus:
         self.directory = Path(directory)
         meta = self.directory / "corpus.json"
         if not meta.is_file():
-            raise FileNotFoundError(f"{meta}: not a tokenized corpus (run python -m tokenizer.prepare)")
+            raise FileNotFoundError(f"{meta}: not a tokenized corpus "
+                                    "(run python -m tokenizer.corpus.prepare)")
         self.meta = json.loads(meta.read_text())
 
     @property

@@ -1,4 +1,4 @@
-"""Coefficients <-> JPEG-DCT token ids, vectorized over all blocks (format: tokenizer.dct_tokens).
+"""Coefficients <-> JPEG-DCT token ids, vectorized over all blocks (format: tokenizer.jpeg.format).
 
 Encoding builds every token as an event (unit rank, place within unit, id, block, frequency) with
 numpy and sorts the events once; decoding classifies all ids at once and scatters the values back.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from tokenizer.base import TokenizerError, TokenSequence
-from tokenizer.dct_tokens import (
+from tokenizer.jpeg.format import (
     EOB_FREQ,
     HEADER_LEN,
     BlockLayout,
@@ -18,7 +18,7 @@ from tokenizer.dct_tokens import (
     header_ids,
     header_positions,
 )
-from tokenizer.jpeg_io import SUBSAMPLINGS, Coefficients, standard_qtables
+from tokenizer.jpeg.io import SUBSAMPLINGS, Coefficients, standard_qtables
 
 _PLACES = 4 * (EOB_FREQ + 1)      # places within a unit: 4 per frequency (token, 2 escape bytes)
 

@@ -1,6 +1,6 @@
 """The JPEG-DCT token format: vocabulary, block layout and order, coefficients <-> ids.
 
-A stream is header, body, end (DESIGN.md rules 1-7):
+A stream is header, body, end (docs/token-format.md says it in prose):
 
     BOS  SUB(layout)  H_hi H_lo W_hi W_lo  (Q(quality) | QT_CUSTOM 64 x n_components bytes)  body  EOS
 
@@ -16,7 +16,7 @@ endian), so nothing is clipped. Two block orders:
   greedy, so the coding is unique), like progressive JPEG's spectral selection with EOB runs.
 
 Blocks are ordered by `BlockLayout`, the one explicit ordering step; encoding and decoding are
-vectorized over all blocks (numpy), the grammar (tokenizer.grammar) walks the same layout.
+vectorized over all blocks (numpy), the grammar (tokenizer.jpeg.grammar) walks the same layout.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from functools import cached_property
 import numpy as np
 
 from tokenizer.base import TokenizerError
-from tokenizer.jpeg_io import SUBSAMPLINGS, Coefficients, block_grid, sampling_factors, standard_quality
+from tokenizer.jpeg.io import SUBSAMPLINGS, Coefficients, block_grid, sampling_factors, standard_quality
 
 ORDERS = ("raster", "coarse_to_fine")
 EOB_FREQ = 64        # frequency field of EOB / end tokens

@@ -10,8 +10,8 @@ Stream (ids of the JPEG-DCT vocabulary, then FRAME_I, FRAME_D, QT_NEW):
     BOS SUB H_hi H_lo W_hi W_lo (Q | QT_CUSTOM bytes)         clip header = a JPEG header
     ( [QT_NEW (Q | QT_CUSTOM bytes)]  (FRAME_I intra body | FRAME_D delta body) ) x frames   EOS
 
-An intra body is exactly a JPEG-DCT body (tokenizer.dct_codec, the configured block order); a delta
-body codes the difference from the previous frame's coefficients (tokenizer.video_delta). QT_NEW
+An intra body is exactly a JPEG-DCT body (tokenizer.jpeg.codec, the configured block order); a delta
+body codes the difference from the previous frame's coefficients (tokenizer.video.delta). QT_NEW
 changes the quantization tables from this frame on (FFmpeg's MJPEG rate control changes them per
 frame). Every position row carries the frame index in its frame field.
 
@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from tokenizer.base import TokenizerError, TokenSequence, advance, read_config, register, save_config
-from tokenizer.dct_codec import decode_coefficients, encode_coefficients, parse_header
-from tokenizer.dct_tokens import HEADER_LEN, Vocab, block_layout, header_ids, header_positions
-from tokenizer.jpeg import JpegDctConfig, JpegDctTokenizer
-from tokenizer.jpeg_io import Coefficients, write_coefficients
-from tokenizer.video_delta import DeltaGrammar, encode_delta
-from tokenizer.video_io import filmstrip, read_frame, read_video, real_clip, write_mjpeg
+from tokenizer.base import Tokenizer, TokenizerError, TokenSequence, advance
+from tokenizer.jpeg.codec import decode_coefficients, encode_coefficients, parse_header
+from tokenizer.jpeg.format import HEADER_LEN, Vocab, block_layout, header_ids, header_positions
+from tokenizer.jpeg.io import Coefficients, write_coefficients
+from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
+from tokenizer.video.delta import DeltaGrammar, encode_delta
+from tokenizer.video.io import filmstrip, read_frame, read_video, real_clip, write_mjpeg
 
 __all__ = ["MODES", "VideoConfig", "VideoTokenizer", "filmstrip", "read_video", "real_clip", "write_mjpeg"]
 
@@ -87,11 +87,11 @@ class VideoConfig:
         return JpegDctConfig(**{k: getattr(self, k) for k in keys})
 
 
-@register
-class VideoTokenizer:
+class VideoTokenizer(Tokenizer):
     """Clips of JPEG-DCT frames (see the module docstring). Lossless given the frames' coefficients."""
 
     name = "video_dct"
+    config_class = VideoConfig
 
     def __init__(self, config: VideoConfig | None = None):
         self.config = c = config or VideoConfig()
@@ -113,7 +113,7 @@ class VideoTokenizer:
             items = read_video(media, self.config.max_frames, self.config.frame_step, name)
         if not items:
             raise TokenizerError(f"{name}: no frames")
-        coefs = [read_frame(self.frame_tok.prepare(x, f"{name}[{i}]"), f"{name}[{i}]")
+        coefs = [read_frame(self.frame_tok.to_jpeg(x, f"{name}[{i}]"), f"{name}[{i}]")
                  for i, x in enumerate(items)]
         first = coefs[0]
         for i, cf in enumerate(coefs):
@@ -194,13 +194,6 @@ class VideoTokenizer:
         return advance(VideoGrammar(self), prefix)
 
     # -- persistence ------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> None:
-        save_config(directory, self.name, self.config)
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> VideoTokenizer:
-        cfg = read_config(directory)["config"]
-        return cls(VideoConfig(**cfg))
 
 
 def _table_positions(frame: int, n: int) -> np.ndarray:
@@ -331,7 +324,7 @@ class JpegTables:
         self.ids.append(token)
         pos = header_positions(HEADER_LEN + j)[HEADER_LEN - 1 + j]
         if j == 0 and token != self.vocab.qt_custom:
-            from tokenizer.jpeg_io import standard_qtables
+            from tokenizer.jpeg.io import standard_qtables
             self.qtables, self.done = standard_qtables(token - self.vocab.quality + 1, self.n), True
         elif j == 64 * self.n:
             self.qtables = np.array(self.ids[1:], np.int64).reshape(self.n, 64) - self.vocab.byte

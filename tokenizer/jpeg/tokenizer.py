@@ -4,7 +4,7 @@
     seq = tok.encode("photo.png")     # path, JPEG/PNG bytes, PIL image or HxWx3 / HxW uint8 array
     jpeg_bytes = tok.decode(seq)
 
-`prepare` brings an input to the configured geometry and quality. A JPEG that already has them
+`to_jpeg` brings an input to the configured geometry and quality. A JPEG that already has them
 (or any JPEG when quality=None and size=None) is used as it is: its coefficients and tables are
 read without decoding pixels. Everything else is decoded to pixels (EXIF orientation applied,
 alpha composited on white, 16-bit scaled to 8), fitted to `size` by the named `resize` policy, and
@@ -13,20 +13,17 @@ encoded by libjpeg (jpeglib) at `quality`.
 
 from __future__ import annotations
 
-import io
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from tokenizer.base import TokenizerError, TokenSequence, advance, read_config, register, save_config
-from tokenizer.dct_codec import decode_coefficients, encode_batch, encode_coefficients
-from tokenizer.dct_tokens import ORDERS, Vocab, header_ids, header_positions
-from tokenizer.grammar import JpegGrammar
-from tokenizer.jpeg_io import (
+from tokenizer.base import Tokenizer, TokenizerError, TokenSequence, advance
+from tokenizer.jpeg.codec import decode_coefficients, encode_batch, encode_coefficients
+from tokenizer.jpeg.format import ORDERS, Vocab, header_ids, header_positions
+from tokenizer.jpeg.grammar import JpegGrammar
+from tokenizer.jpeg.io import (
     SUBSAMPLINGS,
     Coefficients,
     encode_pixels,
@@ -36,6 +33,7 @@ from tokenizer.jpeg_io import (
     standard_quality,
     write_coefficients,
 )
+from tokenizer.media import load_pixels, name_of, read_bytes
 
 RESIZE_POLICIES = ("center_crop", "stretch")
 
@@ -86,11 +84,11 @@ class JpegDctConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected 1..1024")
 
 
-@register
-class JpegDctTokenizer:
-    """Lossless JPEG-DCT tokens (see tokenizer.dct_tokens for the format)."""
+class JpegDctTokenizer(Tokenizer):
+    """Lossless JPEG-DCT tokens (see tokenizer.jpeg.format for the format)."""
 
     name = "jpeg_dct"
+    config_class = JpegDctConfig
 
     def __init__(self, config: JpegDctConfig | None = None):
         self.config = config or JpegDctConfig()
@@ -100,10 +98,10 @@ class JpegDctTokenizer:
         self.pad_id, self.bos_id, self.eos_id = self.vocab.pad, self.vocab.bos, self.vocab.eos
 
     # -- media -> JPEG at the configured geometry -------------------------------------------------
-    def prepare(self, media: Any, name: str | None = None) -> bytes:
+    def to_jpeg(self, media: Any, name: str | None = None) -> bytes:
         """JPEG bytes of `media` at the configured size, quality and subsampling."""
-        name = name or _name_of(media)
-        data = _read_bytes(media, name)
+        name = name or name_of(media)
+        data = read_bytes(media, name)
         c = self.config
         if data is not None and data[:2] == b"\xff\xd8":
             info = parse_jpeg(data, name)
@@ -121,7 +119,7 @@ class JpegDctTokenizer:
                                      f"{info.width}x{info.height}, not the configured size {c.size}")
         elif c.quality is None:
             raise TokenizerError(f"{name}: quality=None keeps a JPEG's own coefficients; this is not a JPEG")
-        pixels = self._fit(_load_pixels(media, data, name, gray=c.subsampling == "gray", limit=c.max_pixels))
+        pixels = self._fit(load_pixels(media, data, name, gray=c.subsampling == "gray", limit=c.max_pixels))
         return encode_pixels(pixels, c.quality, c.subsampling)
 
     def _fit(self, px: np.ndarray) -> np.ndarray:
@@ -135,8 +133,8 @@ class JpegDctTokenizer:
 
     def coefficients(self, media: Any, name: str | None = None) -> Coefficients:
         """The quantized coefficients `encode` tokenizes."""
-        name = name or _name_of(media)
-        return read_coefficients(self.prepare(media, name), name)
+        name = name or name_of(media)
+        return read_coefficients(self.to_jpeg(media, name), name)
 
     # -- tokens -----------------------------------------------------------------------------------
     def encode(self, media: Any, name: str | None = None) -> TokenSequence:
@@ -171,76 +169,8 @@ class JpegDctTokenizer:
         return TokenSequence(ids, header_positions(len(ids)))
 
     def grammar(self, prefix: TokenSequence | None = None) -> JpegGrammar:
-        """A cursor over valid streams (tokenizer.grammar), advanced past `prefix` if given."""
+        """A cursor over valid streams (tokenizer.jpeg.grammar), advanced past `prefix` if given."""
         g = JpegGrammar(self.vocab, self.config.order, self.config.bands, self.config.max_pixels)
         return advance(g, prefix)
 
     # -- persistence ------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> None:
-        save_config(directory, self.name, self.config)
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> JpegDctTokenizer:
-        cfg = read_config(directory)["config"]
-        return cls(JpegDctConfig(**cfg))
-
-
-def _name_of(media: Any) -> str:
-    if isinstance(media, (str, os.PathLike)):
-        return str(media)
-    return f"<{type(media).__name__}>"
-
-
-def _read_bytes(media: Any, name: str) -> bytes | None:
-    if isinstance(media, (str, os.PathLike)):
-        path = Path(media)
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: no such file")
-        return path.read_bytes()
-    if isinstance(media, (bytes, bytearray, memoryview)):
-        return bytes(media)
-    if isinstance(media, (Image.Image, np.ndarray)):
-        return None
-    raise TokenizerError(f"{name}: expected a path, bytes, a PIL image or a uint8 array")
-
-
-def _load_pixels(media: Any, data: bytes | None, name: str, gray: bool, limit: int) -> np.ndarray:
-    """(H, W, 3) or (H, W) uint8 pixels of any image input."""
-    if isinstance(media, np.ndarray):
-        arr = media
-        if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))):
-            raise TokenizerError(f"{name}: expected an HxW or HxWx3 uint8 array, got {arr.dtype} {arr.shape}")
-        im = Image.fromarray(arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
-    elif isinstance(media, Image.Image):
-        im = media
-    else:
-        try:
-            im = Image.open(io.BytesIO(data))
-        except Exception as e:   # PIL raises many types for unreadable bytes
-            raise TokenizerError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
-    if im.width * im.height > limit:
-        raise TokenizerError(f"{name}: {im.width}x{im.height} is over max_pixels={limit}")
-    if im.width == 0 or im.height == 0:
-        raise TokenizerError(f"{name}: image has zero size")
-    try:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        im = _to_8bit(im)
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(white, rgba)
-        return np.asarray(im.convert("L" if gray else "RGB"))
-    except (OSError, ValueError, SyntaxError) as e:
-        raise TokenizerError(f"{name}: could not decode the image ({e})") from None
-
-
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """16-bit and 32-bit integer / float gray images scaled to 8 bits (PIL would clip them)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im).astype(np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255) else 255.0
-        if im.mode == "F":
-            top = 1.0 if a.max() <= 1.0 else 255.0
-        return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    return im

@@ -1,4 +1,4 @@
-"""The grammar of JPEG-DCT streams as a state machine: which ids may come next (DESIGN.md rule 5).
+"""The grammar of JPEG-DCT streams as a state machine: which ids may come next.
 
 For a given header (geometry, layout) and block order, valid streams form a regular language. The
 cursor walks the same unit schedule as the codec (`BlockLayout.units`) and allows exactly the
@@ -20,8 +20,8 @@ import copy
 import numpy as np
 
 from tokenizer.base import TokenizerError
-from tokenizer.dct_tokens import EOB_FREQ, HEADER_LEN, Vocab, block_layout
-from tokenizer.jpeg_io import AC_MAX, DC_MAX, DC_MIN, SUBSAMPLINGS
+from tokenizer.jpeg.format import EOB_FREQ, HEADER_LEN, Vocab, block_layout
+from tokenizer.jpeg.io import AC_MAX, DC_MAX, DC_MIN, SUBSAMPLINGS
 
 
 class JpegGrammar:

@@ -1,9 +1,10 @@
-"""Corpus tokenization: images -> sharded token files for training (layout: tokenizer.shards).
+"""Corpus tokenization: images -> sharded token files for training (layout: tokenizer.corpus.shards).
 
-    python -m tokenizer.prepare --source embedded --out data/embedded64 --size 64 64 --quality 25
-    python -m tokenizer.prepare --source photos/ --out data/photos --tokenizer data/embedded64/tokenizer
-    python -m tokenizer.prepare --source hf:some/dataset --out data/hf   # datasets.load_dataset
-    python -m tokenizer.prepare --source hf:photos/ --out data/hf        # an imagefolder dataset
+    python -m tokenizer.corpus.prepare --source embedded --out data/embedded64 --size 64 64 --quality 25
+    python -m tokenizer.corpus.prepare --source photos/ --out data/photos \
+        --tokenizer data/embedded64/tokenizer
+    python -m tokenizer.corpus.prepare --source hf:some/dataset --out data/hf   # datasets.load_dataset
+    python -m tokenizer.corpus.prepare --source hf:photos/ --out data/hf        # an imagefolder dataset
 
 Sources: "embedded" (photos in the scikit-image / scikit-learn wheels, train and val crops from
 different photos); a folder of images (val chosen by a stable hash of each relative path); a
@@ -32,9 +33,9 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from tokenizer.base import load_tokenizer, write_json_atomic
-from tokenizer.shards import write_shard
+from tokenizer.corpus.shards import write_shard
 
-log = logging.getLogger("tokenizer.prepare")
+log = logging.getLogger("tokenizer.corpus.prepare")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
 
@@ -127,7 +128,7 @@ class _Reader:
     def read(self, split: str, ref: Any) -> tuple[str, Any]:
         src = self.src
         if src.kind == "embedded":
-            from tokenizer.embedded import crops
+            from tokenizer.corpus.embedded import crops
             crop = next(crops(split, ref + 1, src.crop_size, src.seed, start=ref))
             return crop.name, crop.pixels
         if src.kind == "folder":
@@ -261,7 +262,7 @@ def summary(manifest: dict) -> str:
 
 
 def cli(argv: list[str] | None = None) -> dict:
-    from tokenizer.jpeg import JpegDctConfig, JpegDctTokenizer
+    from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", required=True, help='"embedded", a folder, a saved dataset or hf:NAME')
@@ -285,7 +286,7 @@ def cli(argv: list[str] | None = None) -> dict:
     else:
         tok = JpegDctTokenizer(JpegDctConfig(quality=a.quality, size=tuple(a.size),
                                              subsampling=a.subsampling, order=a.order))
-    size = getattr(getattr(tok, "config", None), "size", None) or tuple(a.size)
+    size = tok.size or tuple(a.size)
     if a.source == "embedded":
         src = Source("embedded", crop_size=tuple(size), seed=a.seed)
     elif a.source.startswith("hf:"):

@@ -1,6 +1,6 @@
-"""A tokenized clip corpus for the video tokenizer (the layout of tokenizer.shards), no download.
+"""A tokenized clip corpus for the video tokenizer (the layout of tokenizer.corpus.shards), no download.
 
-    python -m tokenizer.video_corpus --out data/clips16 --mode delta --quality 50 --size 64 64 \\
+    python -m tokenizer.corpus.clips --out data/clips16 --mode delta --quality 50 --size 64 64 \\
         --frames 16 --pans 400 [--clips bikes.mp4 carphone_pristine.mp4]
 
 Sources: camera pans over the embedded photos (train pans from train photos, val pans from val
@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image
 
 from tokenizer.base import write_json_atomic
-from tokenizer.embedded import SPLITS, load_photo
-from tokenizer.shards import write_shard
-from tokenizer.video import VideoConfig, VideoTokenizer
-from tokenizer.video_io import read_video, real_clip
+from tokenizer.corpus.embedded import SPLITS, load_photo
+from tokenizer.corpus.shards import write_shard
+from tokenizer.video.io import read_video, real_clip
+from tokenizer.video.tokenizer import VideoConfig, VideoTokenizer
 
 
 def pans(split: str, n: int, frames: int, size: tuple[int, int], seed: int = 0) -> Iterator[list[np.ndarray]]:

@@ -1,7 +1,7 @@
 """Compare tokenizers on one image folder: length, bits, distortion and speed, side by side.
 
-    python -m tokenizer.embedded --export data/embedded_val --split val --crops 64 --size 64
-    python -m tokenizer.compare --images data/embedded_val --out out/compare \\
+    python -m tokenizer.corpus.embedded --export data/embedded_val --split val --crops 64 --size 64
+    python -m dctgpt.compare --images data/embedded_val --out out/compare \\
         --tokenizers jpeg-grid bpe-grid data/vq4_512 data/vq8_1024 [--checkpoint out/quickstart]
 
 Tokenizer specs: "jpeg:q=25,order=raster" (JPEG-DCT, the images' own size), "bpe:q=25,order=raster,
@@ -36,10 +36,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from dctgpt.plot import Series, image_grid, line_plot
 from tokenizer.base import load_tokenizer
-from tokenizer.plot import Series, image_grid, line_plot
+from tokenizer.jpeg.io import scan_bytes
 
-log = logging.getLogger("tokenizer.compare")
+log = logging.getLogger("dctgpt.compare")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
 
@@ -65,7 +66,7 @@ class Row:
 
 def parse_spec(spec: str, size: tuple[int, int] | None, bpe_crops: int) -> tuple[str, Any]:
     """(name, tokenizer) of one spec (see the module docstring)."""
-    from tokenizer.jpeg import JpegDctConfig, JpegDctTokenizer
+    from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
 
     if Path(spec).is_dir():
         return Path(spec).name, load_tokenizer(spec)
@@ -81,8 +82,8 @@ def parse_spec(spec: str, size: tuple[int, int] | None, bpe_crops: int) -> tuple
                                           subsampling=kv.get("subsampling", "4:2:0")))
     if kind == "jpeg":
         return label(base), base
-    from tokenizer.bpe import BpeTokenizer
-    from tokenizer.embedded import crops
+    from tokenizer.bpe.tokenizer import BpeTokenizer
+    from tokenizer.corpus.embedded import crops
 
     vocab = int(kv.get("vocab", 2048))
     streams = (base.encode(c.pixels).ids for c in crops("train", bpe_crops, size or (64, 64), seed=7))
@@ -167,11 +168,10 @@ def measure(name: str, tok: Any, paths: list[Path], originals: list[np.ndarray],
 
 
 def _scan_bits(tok: Any, paths: list[Path]) -> float:
-    base = getattr(tok, "base", tok)
-    if not hasattr(base, "prepare"):
+    jpegs = [tok.to_jpeg(p) for p in paths]
+    if any(j is None for j in jpegs):   # learned tokens: no JPEG scan to compare with
         return float("nan")
-    from tokenizer.jpeg_io import scan_bytes
-    return float(np.mean([8 * scan_bytes(base.prepare(p)) for p in paths]))
+    return float(np.mean([8 * scan_bytes(j) for j in jpegs]))
 
 
 def _family(name: str, tok: Any) -> str:
@@ -249,8 +249,8 @@ def video_rows(videos: list[str], qualities: tuple[int, ...], size: tuple[int, i
     """Tokens per frame of the video tokenizer in both modes, per clip and quality."""
     from skimage.metrics import peak_signal_noise_ratio
 
-    from tokenizer.video import VideoConfig, VideoTokenizer
-    from tokenizer.video_io import read_video
+    from tokenizer.video.io import read_video
+    from tokenizer.video.tokenizer import VideoConfig, VideoTokenizer
 
     rows = []
     for v in videos:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from tokenizer.base import TokenizerError
-from tokenizer.dct_tokens import EOB_FREQ, BlockLayout, Vocab
-from tokenizer.jpeg_io import AC_MAX, DC_MAX, DC_MIN
+from tokenizer.jpeg.format import EOB_FREQ, BlockLayout, Vocab
+from tokenizer.jpeg.io import AC_MAX, DC_MAX, DC_MIN
 
 
 def encode_delta(vocab: Vocab, layout: BlockLayout, prev: np.ndarray, cur: np.ndarray,

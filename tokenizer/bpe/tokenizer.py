@@ -5,25 +5,23 @@ them), a stream becomes a "sentence", and sentencepiece learns merges. Every bas
 character and BOS/EOS/PAD are user-defined symbols, so any stream encodes without <unk> and
 decoding is lossless. A merged token takes the position of its first base token.
 
-    python -m tokenizer.bpe --corpus data/embedded64 --vocab_size 4096 --out data/bpe4096
-    python -m tokenizer.prepare --source embedded --tokenizer data/bpe4096 --out data/embedded64_bpe
+    python -m tokenizer.bpe.train --corpus data/embedded64 --vocab_size 4096 --out data/bpe4096
+    python -m tokenizer.corpus.prepare --source embedded --tokenizer data/bpe4096 --out data/embedded64_bpe
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 from collections.abc import Iterable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 
-from tokenizer.base import TokenizerError, TokenSequence, advance, read_config, register, save_config
-from tokenizer.jpeg import JpegDctConfig, JpegDctTokenizer
+from tokenizer.base import Tokenizer, TokenizerError, TokenSequence, advance
+from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
 
 _CHAR0 = 0x4E00        # base id i <-> chr(_CHAR0 + i)
 
@@ -32,11 +30,11 @@ def _chars(ids: np.ndarray) -> str:
     return "".join(map(chr, (np.asarray(ids) + _CHAR0).tolist()))
 
 
-@register
-class BpeTokenizer:
+class BpeTokenizer(Tokenizer):
     """JPEG-DCT tokens merged by a sentencepiece BPE model."""
 
     name = "jpeg_dct_bpe"
+    config_class = JpegDctConfig
 
     def __init__(self, base: JpegDctTokenizer, model: bytes):
         self.base, self.model = base, model
@@ -100,18 +98,18 @@ class BpeTokenizer:
     def grammar(self, prefix: TokenSequence | None = None) -> BpeGrammar:
         return advance(BpeGrammar(self), prefix)
 
-    def save(self, directory: str | os.PathLike) -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        (Path(directory) / "bpe.model").write_bytes(self.model)
-        save_config(directory, self.name, self.config)
+    def to_jpeg(self, media: Any, name: str | None = None) -> bytes:
+        return self.base.to_jpeg(media, name)
+
+    def save_files(self, directory: Path) -> None:
+        (directory / "bpe.model").write_bytes(self.model)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> BpeTokenizer:
-        cfg = read_config(directory)["config"]
-        model = Path(directory) / "bpe.model"
+    def from_files(cls, config: JpegDctConfig, directory: Path) -> BpeTokenizer:
+        model = directory / "bpe.model"
         if not model.is_file():
             raise FileNotFoundError(f"{model}: missing (a BPE tokenizer directory holds bpe.model)")
-        return cls(JpegDctTokenizer(JpegDctConfig(**cfg)), model.read_bytes())
+        return cls(JpegDctTokenizer(config), model.read_bytes())
 
 
 class BpeGrammar:
@@ -158,32 +156,3 @@ class BpeGrammar:
             raise TokenizerError(f"BPE token {token} is not allowed here")
         positions = [self.base.push(int(t)) for t in e]
         return positions[0]
-
-
-def cli(argv: list[str] | None = None) -> None:
-    from tokenizer.shards import Corpus
-
-    ap = argparse.ArgumentParser(description="Train BPE over a tokenized JPEG-DCT corpus.")
-    ap.add_argument("--corpus", required=True, help="a corpus directory from tokenizer.prepare")
-    ap.add_argument("--vocab_size", type=int, default=4096)
-    ap.add_argument("--max_sequences", type=int, default=20000)
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
-    corpus = Corpus(a.corpus)
-    base = corpus.tokenizer()
-    if not isinstance(base, JpegDctTokenizer):
-        raise SystemExit(f"{a.corpus}: BPE trains on a jpeg_dct corpus, this one is {base.name}")
-    train = corpus.split("train")
-    n = min(len(train), a.max_sequences)
-    tok = BpeTokenizer.train(base, (train[i].ids for i in range(n)), a.vocab_size)
-    tok.save(a.out)
-    val = corpus.split("val" if "val" in corpus.splits else "train")
-    base_len = sum(len(val[i]) for i in range(len(val)))
-    bpe_len = sum(len(tok.from_base(val[i])) for i in range(len(val)))
-    print(f"BPE {tok.vocab_size} ids ({asdict(base.config)['order']} base, {base.vocab_size} ids): "
-          f"val {base_len / len(val):.1f} -> {bpe_len / len(val):.1f} tokens/image "
-          f"({base_len / bpe_len:.2f}x shorter); saved to {a.out}")
-
-
-if __name__ == "__main__":
-    cli()

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from tokenizer.base import TokenizerError
-from tokenizer.jpeg_io import (
+from tokenizer.jpeg.io import (
     SUBSAMPLINGS,
     ZIGZAG,
     Coefficients,
