@@ -116,23 +116,26 @@ class KVCache:
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add k, v (B, nh, T, hs) to `layer`; return this layer's keys and values, window included."""
+        # Buffers (B, nh, 2 * block_size, hs) per layer, oldest entry first; entries 0..length-1 valid.
         if layer == len(self.k):
             self.k.append(torch.zeros(self.shape, device=k.device, dtype=k.dtype))
             self.v.append(torch.zeros(self.shape, device=v.device, dtype=v.dtype))
         T, cap, n = k.size(2), self.k[layer].size(2), self.length
         if n + T > cap:  # keep the last window - T entries at the front
+            # full: slide the newest `keep` entries to slots 0..keep-1 (clone: both sides share one buffer);
+            # with a 2x buffer this happens once every ~block_size steps
             keep = max(0, min(n, self.window - T))
             self.k[layer][:, :, :keep] = self.k[layer][:, :, n - keep:n].clone()
             self.v[layer][:, :, :keep] = self.v[layer][:, :, n - keep:n].clone()
             n = keep
             if n + T > cap:
                 raise ValueError(f"KVCache: {T} new tokens exceed the cache capacity {cap}")
-        self.k[layer][:, :, n:n + T] = k
+        self.k[layer][:, :, n:n + T] = k  # the T new entries go right after the valid ones
         self.v[layer][:, :, n:n + T] = v
-        start = max(0, n + T - self.window)
+        start = max(0, n + T - self.window)  # attend to at most the last `window` entries
         if layer == self.n_layer - 1:  # every layer computed the same n from the old length
             self.length = n + T
-        return self.k[layer][:, :, start:n + T], self.v[layer][:, :, start:n + T]
+        return self.k[layer][:, :, start:n + T], self.v[layer][:, :, start:n + T]  # (B, nh, S, hs)
 
 
 class CausalSelfAttention(nn.Module):

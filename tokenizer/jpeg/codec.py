@@ -2,6 +2,9 @@
 
 Encoding builds every token as an event (unit rank, place within unit, id, block, frequency) with
 numpy and sorts the events once; decoding classifies all ids at once and scatters the values back.
+A unit is one step of the coding schedule (`BlockLayout.units`): a block's DC, or a block's AC
+coefficients in one band (all 63 in raster order). tokenizer/jpeg/reference.py writes the same
+coding as plain loops; tests/test_reference.py holds the two to the same tokens.
 """
 
 from __future__ import annotations
@@ -20,23 +23,27 @@ from tokenizer.jpeg.format import (
 )
 from tokenizer.jpeg.io import SUBSAMPLINGS, Coefficients, standard_qtables
 
-_PLACES = 4 * (EOB_FREQ + 1)      # places within a unit: 4 per frequency (token, 2 escape bytes)
+# Places within a unit: a token at zigzag index k sits at 4k, its escape bytes at 4k+1, 4k+2; DC and
+# SKIP at 0, a ZRL at 4 * (the last zero it covers), EOB at 4 * 64. Sorting by (rank, place) is
+# sorting by rank * _PLACES + place.
+_PLACES = 4 * (EOB_FREQ + 1)
 
 
 def _dpcm(values: np.ndarray, group: np.ndarray) -> np.ndarray:
     """Differences from the previous block of the same group (image, component); first from 0."""
-    order = np.argsort(group, kind="stable")
+    order = np.argsort(group, kind="stable")     # blocks grouped, stream order kept within a group
     v, g = values[order], group[order]
-    d = np.diff(v, prepend=0)
-    first = np.ones(len(g), bool)
+    d = np.diff(v, prepend=0)                    # d[i] = v[i] - v[i-1] across the whole array
+    first = np.ones(len(g), bool)                # first block of each group: predicted from 0
     first[1:] = g[1:] != g[:-1]
     d[first] = v[first]
-    out = np.empty_like(values)
+    out = np.empty_like(values)                  # back to stream order
     out[order] = d
     return out
 
 
 def _undpcm(diffs: np.ndarray, comp: np.ndarray) -> np.ndarray:
+    """DC values from their differences: a running sum per component, in stream order."""
     out = np.empty_like(diffs)
     for c in np.unique(comp):
         m = comp == c
@@ -45,6 +52,8 @@ def _undpcm(diffs: np.ndarray, comp: np.ndarray) -> np.ndarray:
 
 
 class _Events:
+    """Tokens collected out of order as parallel arrays (rank, place, id, block, frequency)."""
+
     def __init__(self) -> None:
         self.parts: list[tuple[np.ndarray, ...]] = []
 
@@ -59,6 +68,7 @@ class _Events:
 
 
 def _add_escapes(ev: _Events, vocab: Vocab, esc, values, direct, rank, place, block, freq) -> None:
+    """The two byte tokens after each escaped value (mask `esc`), right after its token's place."""
     if esc.any():
         b = vocab.escape_bytes(values[esc], direct)
         for j in (0, 1):
@@ -76,21 +86,25 @@ def encode_batch(vocab: Vocab, coefs: list[Coefficients], order: str,
     """Token streams of many JPEGs at once: one pass of numpy over all their blocks."""
     if not coefs:
         return []
+    # The blocks of all images, one after another, each image's in its stream block order (N blocks).
     layouts = [block_layout(c.height, c.width, c.subsampling, order, bands) for c in coefs]
-    nb = np.array([lay.n_blocks for lay in layouts])
+    nb = np.array([lay.n_blocks for lay in layouts])                  # (I,) blocks per image
     raster = order == "raster"
     n_bands = len(layouts[0].ac_bands)
-    units = nb * (2 if raster else 1 + n_bands)
-    img = np.repeat(np.arange(len(coefs)), nb)
+    units = nb * (2 if raster else 1 + n_bands)   # (I,) units per image: DC + AC per block, or DC + bands
+    img = np.repeat(np.arange(len(coefs)), nb)                         # (N,) image of each block
     local = np.arange(nb.sum()) - np.repeat(np.cumsum(nb) - nb, nb)   # block index within its image
     base = np.repeat(np.cumsum(units) - units, nb)                     # first unit rank of its image
-    x = np.concatenate([lay.gather(c) for lay, c in zip(layouts, coefs)]).astype(np.int64)
-    comp = np.concatenate([lay.comp for lay in layouts])
-    row = np.concatenate([lay.row for lay in layouts])
-    col = np.concatenate([lay.col for lay in layouts])
+    x = np.concatenate([lay.gather(c) for lay, c in zip(layouts, coefs)]).astype(np.int64)  # (N, 64) zigzag
+    comp = np.concatenate([lay.comp for lay in layouts])               # (N,) component 0..2
+    row = np.concatenate([lay.row for lay in layouts])                 # (N,) luma-block row
+    col = np.concatenate([lay.col for lay in layouts])                 # (N,) luma-block column
     blocks = np.arange(len(x))
     ev = _Events()
 
+    # DC: unit 2b of block b in raster (its AC unit is 2b+1); in coarse_to_fine the first nb units
+    # of an image are its DCs. The value coded is the difference from the previous block of the
+    # same image and component; escaped differences add two byte tokens at places 1, 2.
     dc_rank = base + (2 * local if raster else local)
     diff = _dpcm(x[:, 0], img * 4 + comp)
     ids, esc = vocab.dc_ids(diff)
@@ -98,36 +112,41 @@ def encode_batch(vocab: Vocab, coefs: list[Coefficients], order: str,
     _add_escapes(ev, vocab, esc, diff, vocab.dc_range, dc_rank, np.zeros(len(x), np.int64), blocks,
                  np.zeros(len(x)))
 
-    for i, (s, e) in enumerate(layouts[0].ac_bands):
+    for i, (s, e) in enumerate(layouts[0].ac_bands):    # raster: one band, zigzag 1..63
+        # (N,) rank of each block's unit in this band: after its DC, or after all DCs and i bands
         rank_of = base + ((2 * local + 1) if raster else (nb[img] * (i + 1) + local))
-        m = x[:, s:e] != 0
-        ub, kk = np.nonzero(m)
-        k = kk + s
-        first = np.ones(len(ub), bool)
+        m = x[:, s:e] != 0                              # (N, e - s) nonzero coefficients of the band
+        ub, kk = np.nonzero(m)                          # one entry per nonzero, by block then frequency
+        k = kk + s                                      # its zigzag index
+        first = np.ones(len(ub), bool)                  # first nonzero of its block in this band
         first[1:] = ub[1:] != ub[:-1]
-        prev = np.where(first, s - 1, np.roll(k, 1))
-        run = k - prev - 1
+        prev = np.where(first, s - 1, np.roll(k, 1))    # zigzag index of the previous nonzero (or s - 1)
+        run = k - prev - 1                              # zeros before this nonzero
         value = x[ub, k]
-        ids, esc = vocab.ac_ids(run % 16, value)
+        ids, esc = vocab.ac_ids(run % 16, value)        # AC(run mod 16, value); escapes: + 2 bytes
         ev.add(rank_of[ub], 4 * k, ids, ub, k)
         _add_escapes(ev, vocab, esc, value, vocab.ac_range, rank_of[ub], 4 * k, ub, k)
-        nz = run // 16
+        nz = run // 16                                  # ZRLs before this nonzero
         if nz.any():
-            rep = np.repeat(np.arange(len(ub)), nz)
-            j = np.arange(len(rep)) - np.repeat(np.cumsum(nz) - nz, nz)
-            zf = prev[rep] + 16 * (j + 1)
+            rep = np.repeat(np.arange(len(ub)), nz)     # (Z,) the nonzero each ZRL precedes
+            j = np.arange(len(rep)) - np.repeat(np.cumsum(nz) - nz, nz)   # 0.. within that nonzero
+            zf = prev[rep] + 16 * (j + 1)               # the last zero the ZRL covers: its frequency
             ev.add(rank_of[ub[rep]], 4 * zf, vocab.zrl, ub[rep], zf)
+        # EOB closes every block in raster; in coarse_to_fine only blocks with a nonzero in the band,
+        # the others go into SKIP runs
         nonempty = m.any(1)
         ends = blocks if raster else blocks[nonempty]
         ev.add(rank_of[ends], 4 * EOB_FREQ, vocab.eob, ends, EOB_FREQ)
         if not raster:
             _add_skips(ev, vocab, ~nonempty, local == 0, rank_of, s)
 
+    # One sort puts every token of every image in stream order (images stay contiguous: their
+    # ranks do not interleave); then per token: (frame 0, component 1..3, row, col, frequency).
     body, blk, freq = ev.sorted()
     pos = np.zeros((len(body), 5), np.int64)
     pos[:, 1], pos[:, 2], pos[:, 3], pos[:, 4] = comp[blk] + 1, row[blk], col[blk], freq
-    cuts = np.searchsorted(img[blk], np.arange(1, len(coefs)))
-    end = np.array([[0, 0, 0, 0, HEADER_LEN]])
+    cuts = np.searchsorted(img[blk], np.arange(1, len(coefs)))        # where each next image begins
+    end = np.array([[0, 0, 0, 0, HEADER_LEN]])                         # EOS position
     out = []
     for c, ids_i, pos_i in zip(coefs, np.split(body, cuts), np.split(pos, cuts)):
         hdr = header_ids(vocab, c.height, c.width, c.subsampling, c.qtables)
@@ -138,19 +157,23 @@ def encode_batch(vocab: Vocab, coefs: list[Coefficients], order: str,
 
 def _add_skips(ev: _Events, vocab: Vocab, empty: np.ndarray, image_start: np.ndarray, rank_of: np.ndarray,
                start: int) -> None:
-    """SKIP(n) tokens over maximal runs of empty blocks within an image, greedily cut at max_skip."""
+    """SKIP(n) tokens over maximal runs of empty blocks within an image, greedily cut at max_skip.
+
+    `empty`, `image_start`: (N,) per block, whether it has no nonzero in this band and whether it
+    is the first block of its image; `rank_of`: (N,) its unit rank in this band; `start`: the band's
+    first zigzag index (the SKIP tokens' frequency)."""
     if not empty.any():
         return
-    prev_empty = np.concatenate([[False], empty[:-1]]) & ~image_start
+    prev_empty = np.concatenate([[False], empty[:-1]]) & ~image_start    # continues a run from the left
     next_start = np.concatenate([image_start[1:], [True]])
-    next_empty = np.concatenate([empty[1:], [False]]) & ~next_start
-    starts, stops = np.nonzero(empty & ~prev_empty)[0], np.nonzero(empty & ~next_empty)[0] + 1
+    next_empty = np.concatenate([empty[1:], [False]]) & ~next_start      # the run goes on to the right
+    starts, stops = np.nonzero(empty & ~prev_empty)[0], np.nonzero(empty & ~next_empty)[0] + 1  # (R,)
     lengths = stops - starts
-    chunks = -(-lengths // vocab.max_skip)
-    run = np.repeat(np.arange(len(starts)), chunks)
-    j = np.arange(len(run)) - np.repeat(np.cumsum(chunks) - chunks, chunks)
-    first = starts[run] + j * vocab.max_skip
-    size = np.minimum(vocab.max_skip, lengths[run] - j * vocab.max_skip)
+    chunks = -(-lengths // vocab.max_skip)           # (R,) SKIP tokens per run
+    run = np.repeat(np.arange(len(starts)), chunks)  # (S,) the run of each SKIP token
+    j = np.arange(len(run)) - np.repeat(np.cumsum(chunks) - chunks, chunks)   # 0.. within its run
+    first = starts[run] + j * vocab.max_skip         # the block each SKIP starts at (its position)
+    size = np.minimum(vocab.max_skip, lengths[run] - j * vocab.max_skip)       # max_skip, then the rest
     ev.add(rank_of[first], 0, vocab.skip + size - 1, first, start)
 
 
@@ -188,20 +211,22 @@ def decode_coefficients(vocab: Vocab, seq: TokenSequence, order: str, bands: tup
     if ids[-1] != vocab.eos:
         raise TokenizerError("stream does not end with EOS")
     layout = block_layout(height, width, sub, order, bands)
+    # Escapes: in the body, byte tokens only follow escape tokens, two each. Fold each pair into its
+    # escape's payload |value| - range, then drop the bytes: from there on, one entry per symbol.
     body = ids[hlen:-1]
     is_byte = (body >= vocab.byte) & (body < vocab.byte + 256)
     dc_esc = (body >= vocab.dc + 2 * vocab.dc_range + 1) & (body < vocab.ac)
     ac_slot = (body - vocab.ac) % vocab.ac_stride
     is_ac = (body >= vocab.ac) & (body < vocab.zrl)
     ac_esc = is_ac & (ac_slot >= 2 * vocab.ac_range)
-    esc = np.nonzero(dc_esc | ac_esc)[0]
+    esc = np.nonzero(dc_esc | ac_esc)[0]               # body index of every escape token
     if (esc.size and esc[-1] + 2 >= len(body)) or is_byte.sum() != 2 * len(esc) or \
             (esc.size and not (is_byte[esc + 1].all() and is_byte[esc + 2].all())):
         raise TokenizerError("escape tokens must each be followed by two byte tokens")
     payload = np.zeros(len(body), np.int64)
     payload[esc] = (body[esc + 1] - vocab.byte) * 256 + (body[esc + 2] - vocab.byte) + 1
-    sym, payload = body[~is_byte], payload[~is_byte]
-    is_dc = (sym >= vocab.dc) & (sym < vocab.ac)
+    sym, payload = body[~is_byte], payload[~is_byte]   # (S,) symbols and, at escapes, their payload
+    is_dc = (sym >= vocab.dc) & (sym < vocab.ac)       # classify every symbol
     is_ac = (sym >= vocab.ac) & (sym < vocab.zrl)
     is_zrl, is_eob = sym == vocab.zrl, sym == vocab.eob
     is_skip = (sym >= vocab.skip) & (sym < vocab.size)
@@ -210,18 +235,19 @@ def decode_coefficients(vocab: Vocab, seq: TokenSequence, order: str, bands: tup
 
     n = layout.n_blocks
     raster = order == "raster"
-    dc_pos = np.nonzero(is_dc)[0]
+    dc_pos = np.nonzero(is_dc)[0]                      # symbol index of each block's DC, in block order
     if len(dc_pos) != n:
         raise TokenizerError(f"stream has {len(dc_pos)} DC tokens; its geometry needs {n}")
-    # DC values
+    # DC values: differences (direct, or +-(payload + dc_range) for escapes), summed per component
     d = sym[dc_pos] - vocab.dc
     diff = np.where(d <= 2 * vocab.dc_range, d - vocab.dc_range,
                     np.where(d == 2 * vocab.dc_range + 1, 1, -1) * (payload[dc_pos] + vocab.dc_range))
     x = np.zeros((n, 64), np.int64)
     x[:, 0] = _undpcm(diff, layout.comp)
 
-    # Unit structure: which unit each symbol belongs to, and where units start.
-    if raster:
+    # Unit structure: the symbol where each coded AC unit starts (unit_start), the block it belongs
+    # to (unit_block) and the first zigzag index of its band (band_start).
+    if raster:                                         # per block: DC AC... EOB, so each DC starts one
         if is_skip.any():
             raise TokenizerError("SKIP tokens only occur in coarse_to_fine streams")
         eob_pos = np.nonzero(is_eob)[0]
@@ -230,20 +256,20 @@ def decode_coefficients(vocab: Vocab, seq: TokenSequence, order: str, bands: tup
             raise TokenizerError("each block must be DC, AC tokens, EOB")
         unit_start, unit_block = dc_pos, np.arange(n)
         band_start = np.ones(n, np.int64)
-    else:
+    else:                                              # n DCs, then band units: unit u = band * n + block
         if not np.array_equal(dc_pos, np.arange(n)):
             raise TokenizerError("coarse_to_fine streams start with every block's DC")
         rest = slice(n, None)
-        count = np.where(is_skip, sym - vocab.skip + 1, is_eob.astype(np.int64))[rest]
-        done = np.cumsum(count)
+        count = np.where(is_skip, sym - vocab.skip + 1, is_eob.astype(np.int64))[rest]  # units each closes
+        done = np.cumsum(count)                        # units closed up to and including each symbol
         bands = layout.ac_bands
         if len(count) == 0 or done[-1] != n * len(bands) or count[-1] == 0:
             raise TokenizerError(f"band section must end {n * len(bands)} units with EOB/SKIP")
-        before = done - count
-        starts = np.concatenate([[True], count[:-1] > 0])
+        before = done - count                          # the unit each symbol belongs to (or a SKIP's first)
+        starts = np.concatenate([[True], count[:-1] > 0])   # symbol opens a unit: the previous one closed
         if (is_skip[rest] & ~starts).any() or ((before // n) != ((done - 1) // n))[is_skip[rest]].any():
             raise TokenizerError("SKIP must start a block's band and stay within the band")
-        unit_start = n + np.nonzero(starts & ~is_skip[rest])[0]
+        unit_start = n + np.nonzero(starts & ~is_skip[rest])[0]   # symbol index of each coded unit
         unit = before[unit_start - n]
         unit_block, band_start = unit % n, np.array([s for s, _ in bands])[unit // n]
     coded = is_ac | is_zrl
@@ -258,14 +284,20 @@ def decode_coefficients(vocab: Vocab, seq: TokenSequence, order: str, bands: tup
 def _scatter_ac(vocab: Vocab, layout: BlockLayout, x: np.ndarray, sym: np.ndarray, payload: np.ndarray,
                 coded: np.ndarray, unit_start: np.ndarray, unit_block: np.ndarray, band_start: np.ndarray,
                 unit_band: np.ndarray | None) -> None:
-    """Place AC values: frequency = running sum of run+1 (AC) or 16 (ZRL) within each unit."""
+    """Place AC values: frequency = running sum of run+1 (AC) or 16 (ZRL) within each unit.
+
+    `x` (n_blocks, 64) receives the values; `sym`, `payload`, `coded` (AC or ZRL) are (S,) per
+    symbol; `unit_start`, `unit_block`, `band_start` (and `unit_band` in coarse_to_fine) are per
+    coded unit, in stream order."""
     is_ac = coded & (sym != vocab.zrl)
+    # how far each symbol moves the zigzag index: AC(run) run + 1, ZRL 16, anything else 0
     step = np.where(is_ac, (sym - vocab.ac) // vocab.ac_stride + 1, 0) + 16 * (sym == vocab.zrl)
     cs = np.cumsum(step)
-    sid = np.searchsorted(unit_start, np.arange(len(sym)), side="right") - 1
+    sid = np.searchsorted(unit_start, np.arange(len(sym)), side="right") - 1   # (S,) unit of each symbol
     if (coded & (sid < 0)).any():
         raise TokenizerError("AC tokens outside any block")
     sid = np.maximum(sid, 0)
+    # steps since the unit began, from its band's start: an AC's own index, a ZRL's last zero
     k = cs - (cs[unit_start] - step[unit_start])[sid] + band_start[sid] - 1
     end = 64 if unit_band is None else np.array([e for _, e in layout.ac_bands])[unit_band][sid]
     if (coded & (k >= end)).any():
@@ -273,6 +305,7 @@ def _scatter_ac(vocab: Vocab, layout: BlockLayout, x: np.ndarray, sym: np.ndarra
     sel = np.nonzero(is_ac)[0]
     slot = (sym[sel] - vocab.ac) % vocab.ac_stride
     a = vocab.ac_range
+    # slots 0..a-1: +1..+a; a..2a-1: -1..-a; 2a, 2a+1: escape, +-(payload + a)
     value = np.where(slot < a, slot + 1, np.where(slot < 2 * a, -(slot - a + 1),
                      np.where(slot == 2 * a, 1, -1) * (payload[sel] + a)))
     x[unit_block[sid[sel]], k[sel]] = value

@@ -31,12 +31,15 @@ class JpegGrammar:
         self.vocab, self.order, self.bands, self.max_pixels = vocab, order, bands, max_pixels
         self._masks: dict[tuple, np.ndarray] = {}
         self.header: list[int] = []
-        self.layout = None
+        self.layout = None                  # the header's BlockLayout, once the header is complete
         self.done = False
         self._pending: list[int] = []      # allowed maxima of the escape bytes still to come
-        self._pending_pos = None
+        self._pending_pos = None            # position the escape bytes repeat (their value's)
         self._dc: list[int] = []            # current DC value per component
         self._dc_escape = None              # (component, sign, payload so far) of a DC escape
+        # In the body (set by _enter): `units` is the layout's schedule of (block, start, end) rows,
+        # `u` the unit being coded, `k` the next zigzag index it may code, `after_zrl` whether the
+        # last token was ZRL, `no_skip` whether a SKIP here would continue the previous SKIP's run.
 
     def copy(self) -> JpegGrammar:
         """An independent cursor at the same place (masks and layout are shared, read-only)."""
@@ -72,30 +75,34 @@ class JpegGrammar:
             m[v.dc + 2 * r + 2] = lo < -r           # escape -
         elif kind == "ac":
             _, room, fresh, after_zrl, skip_max = key
+            # AC(run, any value) while run zeros and the value still fit in the `room` indices left
             for r in range(min(16, room)):
                 m[v.ac + r * v.ac_stride:v.ac + (r + 1) * v.ac_stride] = True
-            m[v.zrl] = room >= 17
+            m[v.zrl] = room >= 17                   # 16 zeros, and a nonzero after them must still fit
+            # EOB: never right after ZRL (trailing zeros are the EOB's); in coarse_to_fine never on an
+            # empty band (that is a SKIP)
             m[v.eob] = not after_zrl and (self.order == "raster" or not fresh)
-            m[v.skip:v.skip + skip_max] = True
+            m[v.skip:v.skip + skip_max] = True      # SKIP(1..skip_max)
 
     def allowed(self) -> np.ndarray:
         if self.done:
             return self._mask(("ids", ()))
-        if self._pending:
+        if self._pending:                           # inside an escape: its next byte, up to its limit
             return self._mask(("bytes", 0, self._pending[0]))
         if self.layout is None:
             return self._header_mask()
-        if self.u == len(self.units):
+        if self.u == len(self.units):               # every unit coded: only EOS
             return self._mask(("ids", (self.vocab.eos,)))
-        _, s, e = self.units[self.u]
-        if s == 0:
+        _, s, e = self.units[self.u]                # the unit being coded: zigzag s..e-1 of a block
+        if s == 0:                                  # a DC unit: differences that keep the DC in range
             lo, hi = self._dc_room()
             r = self.vocab.dc_range
+            # (beyond the direct range only "escape allowed or not" matters: clip, so masks are shared)
             return self._mask(("dc", max(lo, -r - 1), min(hi, r + 1)))
-        fresh = self.k == s
+        fresh = self.k == s                         # nothing coded in this unit yet
         skip_max = 0
         if fresh and self.order != "raster" and not self.no_skip:
-            n = self.layout.n_blocks
+            n = self.layout.n_blocks                # units of one band: n, so a SKIP stays in its band
             skip_max = min(self.vocab.max_skip, n * (self.u // n + 1) - self.u)
         return self._mask(("ac", e - self.k, fresh, self.after_zrl, skip_max))
 
@@ -136,11 +143,11 @@ class JpegGrammar:
         limit = self._pending.pop(0)
         if self._pending and token - self.vocab.byte < limit:
             self._pending[0] = 255                  # high byte below its limit frees the low byte
-        if self._dc_escape is not None:
+        if self._dc_escape is not None:             # a DC escape: collect the payload, then move the DC
             c, sign, payload = self._dc_escape
             payload = payload * 256 + token - self.vocab.byte
             self._dc_escape = (c, sign, payload)
-            if not self._pending:
+            if not self._pending:                   # |difference| = payload + dc_range + 1
                 self._dc[c] += sign * (payload + self.vocab.dc_range + 1)
                 self._dc_escape = None
         return self._pending_pos
@@ -168,6 +175,7 @@ class JpegGrammar:
         return pos
 
     def _enter(self, u: int, no_skip: bool = False) -> None:
+        """Start unit `u` (len(units): the body is complete) at its band's first zigzag index."""
         self.u = u
         self.k = self.units[u][1] if u < len(self.units) else 0
         self.after_zrl = False
@@ -184,13 +192,14 @@ class JpegGrammar:
         return DC_MIN - dc, DC_MAX - dc
 
     def _push_body(self, token: int) -> np.ndarray:
+        """One body token (already allowed): its position, and the cursor moved past it."""
         v = self.vocab
         _, s, e = self.units[self.u]
-        if s == 0:                                   # DC
+        if s == 0:                                   # DC: the difference moves this component's DC
             pos = self._position(0)
             c, r = int(self.layout.comp[self.units[self.u][0]]), v.dc_range
-            if token >= v.dc + 2 * r + 1:
-                lo, hi = self._dc_room()
+            if token >= v.dc + 2 * r + 1:            # escape: two bytes follow, their payload bounded so
+                lo, hi = self._dc_room()             # the DC stays in range; the DC moves after them
                 sign = 1 if token == v.dc + 2 * r + 1 else -1
                 self._escape(pos, (hi if sign > 0 else -lo) - r - 1)
                 self._dc_escape = (c, sign, 0)
@@ -198,30 +207,32 @@ class JpegGrammar:
                 self._dc[c] += token - v.dc - r
             self._enter(self.u + 1)
             return pos
-        if token == v.eob:
+        if token == v.eob:                           # the unit ends (position: frequency 64)
             pos = self._position(EOB_FREQ)
             self._enter(self.u + 1)
             return pos
-        if token >= v.skip:
+        if token >= v.skip:                          # SKIP(n): this unit and the next n - 1 are empty
             n = token - v.skip + 1
-            pos = self._position(s)
+            pos = self._position(s)                  # at the first skipped block, band start frequency
             nxt = self.u + n
             nb = self.layout.n_blocks
+            # a short SKIP ends its run: the next unit of the same band may not start with SKIP
             self._enter(nxt, no_skip=n < v.max_skip and nxt // nb == self.u // nb)
             return pos
-        if token == v.zrl:
+        if token == v.zrl:                           # 16 zeros; position: the last of them
             self.k += 16
             self.after_zrl = True
             return self._position(self.k - 1)
-        run, slot = divmod(token - v.ac, v.ac_stride)
+        run, slot = divmod(token - v.ac, v.ac_stride)   # AC(run, value): run zeros, then the value
         self.k += run + 1
         self.after_zrl = False
-        pos = self._position(self.k - 1)
-        if slot >= 2 * v.ac_range:
+        pos = self._position(self.k - 1)             # at the value's zigzag index
+        if slot >= 2 * v.ac_range:                   # escape: two bytes, |value| <= AC_MAX
             self._escape(pos, AC_MAX - v.ac_range - 1)
         return pos
 
     def _escape(self, pos: np.ndarray, max_payload: int) -> None:
+        """Expect two byte tokens (high, low) whose 16-bit value is at most `max_payload`."""
         self._pending = [max_payload >> 8, max_payload & 255]
         self._pending_pos = pos
 
