@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tokenizer import Coefficients, JpegDctConfig, JpegDctTokenizer, TokenSequence
+from tokenizer import Coefficients, JpegDctConfig, JpegDctTokenizer, TokenizerError, TokenSequence
 from tokenizer.corpus.embedded import crops, photo_path
 from tokenizer.jpeg import codec, reference
 from tokenizer.jpeg.format import Vocab
@@ -121,3 +121,18 @@ def test_reference_block_order_is_jpegs_mcu_order():
     last_mcu = [(b.comp, b.brow, b.bcol, b.row, b.col) for b in blocks[-3:]]
     assert last_mcu == [(0, 2, 4, 2, 4), (1, 1, 2, 2, 4), (2, 1, 2, 2, 4)]
     assert len(blocks) == 3 * 5 + 2 * 2 * 3
+
+
+@pytest.mark.parametrize("ranges", [(64, 16, 64), (1, 1, 1)])
+def test_every_id_has_its_own_name(ranges):
+    v = Vocab(*ranges)
+    names = [reference.token_name(v, i) for i in range(v.size)]
+    assert len(set(names)) == v.size
+    a, s = v.ac_range, v.ac_stride
+    assert [reference.token_name(v, i) for i in (v.dc + v.dc_range + 1, v.dc + 2 * v.dc_range + 2,
+                                                 v.ac + 2 * s + a, v.ac + 15 * s + 2 * a, v.quality + 49,
+                                                 v.byte + 255, v.skip, v.sub + 2)] == \
+        ["DC(+1)", "DC(ESC-)", "AC(run 2, -1)", "AC(run 15, ESC+)", "Q(50)", "BYTE(255)", "SKIP(1)",
+         "SUB(4:2:0)"]
+    with pytest.raises(TokenizerError):
+        reference.token_name(v, v.size)

@@ -18,6 +18,7 @@ its own.
 
 from __future__ import annotations
 
+import argparse
 from typing import NamedTuple
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from tokenizer.base import TokenizerError, TokenSequence
 from tokenizer.jpeg.codec import parse_header
 from tokenizer.jpeg.format import EOB_FREQ, HEADER_LEN, Vocab, header_ids, header_positions
-from tokenizer.jpeg.io import Coefficients, block_grid, sampling_factors
+from tokenizer.jpeg.io import SUBSAMPLINGS, Coefficients, block_grid, sampling_factors
 
 
 class Block(NamedTuple):
@@ -247,3 +248,69 @@ def decode_coefficients(vocab: Vocab, seq: TokenSequence, order: str, bands: tup
         if p.size and (p.min() < -32768 or p.max() > 32767):
             raise TokenizerError("a coefficient falls outside int16")
     return Coefficients(height, width, sub, tuple(p.astype(np.int16) for p in planes), qtables)
+
+
+# -- ids -> names, for reading a stream -------------------------------------------------------------------
+
+def token_name(vocab: Vocab, token: int) -> str:
+    """What one id means, e.g. "AC(run 2, -3)", "DC(+5)", "SKIP(4)", "BYTE(23)"."""
+    v, t = vocab, int(token)
+    if t in (v.pad, v.bos, v.eos):
+        return ("PAD", "BOS", "EOS")[t - v.pad]
+    if v.sub <= t < v.quality:
+        return f"SUB({list(SUBSAMPLINGS)[t - v.sub]})"
+    if v.quality <= t < v.qt_custom:
+        return f"Q({t - v.quality + 1})"
+    if t == v.qt_custom:
+        return "QT_CUSTOM"
+    if v.byte <= t < v.dc:
+        return f"BYTE({t - v.byte})"
+    if v.dc <= t < v.ac:
+        d = t - v.dc - v.dc_range
+        return f"DC({d:+d})" if abs(d) <= v.dc_range else f"DC(ESC{'+' if d == v.dc_range + 1 else '-'})"
+    if v.ac <= t < v.zrl:
+        run, slot = divmod(t - v.ac, v.ac_stride)
+        a = v.ac_range
+        value = f"{slot + 1:+d}" if slot < a else f"{a - slot - 1:+d}" if slot < 2 * a else \
+            f"ESC{'+' if slot == 2 * a else '-'}"
+        return f"AC(run {run}, {value})"
+    if t == v.zrl:
+        return "ZRL"
+    if t == v.eob:
+        return "EOB"
+    if v.skip <= t < v.size:
+        return f"SKIP({t - v.skip + 1})"
+    raise TokenizerError(f"id {t} is outside the vocabulary 0..{v.size - 1}")
+
+
+def describe(vocab: Vocab, seq: TokenSequence) -> str:
+    """One line per token: index, id, name, position (frame, component, row, col, frequency)."""
+    lines = [f"{'#':>4} {'id':>5}  {'token':<18} frame comp row col freq"]
+    for i, (t, p) in enumerate(zip(seq.ids.tolist(), seq.positions.tolist())):
+        lines.append(f"{i:>4} {t:>5}  {token_name(vocab, t):<18} " + " ".join(f"{x:>{w}}" for x, w in
+                                                                             zip(p, (5, 4, 3, 3, 4))))
+    return "\n".join(lines)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Print an image's JPEG-DCT tokens, one per line, coded by "
+                                             "this plain encoder (checked against the fast one).")
+    ap.add_argument("--image", help="an image file (default: crop 0 of the embedded corpus' val split)")
+    ap.add_argument("--size", type=int, nargs=2, default=[16, 16], metavar=("HEIGHT", "WIDTH"))
+    ap.add_argument("--quality", type=int, default=25)
+    ap.add_argument("--subsampling", default="4:2:0", choices=list(SUBSAMPLINGS))
+    ap.add_argument("--order", default="raster", choices=["raster", "coarse_to_fine"])
+    a = ap.parse_args(argv)
+    from tokenizer.corpus.embedded import crops
+    from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
+    tok = JpegDctTokenizer(JpegDctConfig(quality=a.quality, size=tuple(a.size), subsampling=a.subsampling,
+                                         order=a.order))
+    media = a.image if a.image else next(crops("val", 1, tuple(a.size))).pixels
+    coef = tok.coefficients(media, a.image or "val crop 0")
+    seq = encode_coefficients(tok.vocab, coef, a.order, tok.config.bands)
+    assert seq == tok.encode_coefficients(coef), "the fast codec disagrees with the reference"
+    print(describe(tok.vocab, seq))
+
+
+if __name__ == "__main__":
+    cli()
