@@ -139,13 +139,28 @@ def test_relative_links_resolve(doc):
             assert (doc.parent / target).exists(), f"{doc.name}: link to {target} goes nowhere"
 
 
+def text_files() -> list[Path]:
+    """Docs, code, tests and recipes: every file a reader may follow a path from."""
+    files = [*DOCS, *ROOT.glob("*.py"), ROOT / "pyproject.toml"]
+    for folder in (*CHECKED, "tests", "configs"):
+        files += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".json", ".toml")]
+    return files
+
+
+def test_named_python_files_exist():
+    """A path to a .py file of the repository, named anywhere, still exists (catches moved files)."""
+    named = re.compile(r"\b(?:tokenizer|dctgpt|benchmarks|tests)/[\w/.]+\.py\b")
+    stale = [f"{f.relative_to(ROOT)}:{i}: {path}" for f in text_files()
+             for i, line in enumerate(f.read_text().splitlines(), 1)
+             for path in named.findall(line) if not (ROOT / path).is_file()]
+    assert not stale, "\n".join(stale)
+
+
 def test_nothing_points_outside_the_repository():
     """Docs and docstrings name only files in the repository; the one outside path the tests use is
     the optional folder of broken JPEGs next to it (../shared/robust-jpeg), skipped when absent."""
     outside = re.compile(r"/work/|\.\./shared/(?!robust-jpeg)|\b(?:DESIGN|STYLE)\.md")
-    files = [*DOCS, *ROOT.glob("*.py"), ROOT / "pyproject.toml"]
-    for folder in (*CHECKED, "tests", "configs"):
-        files += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".json", ".toml")]
-    hits = [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for f in files if f != Path(__file__).resolve()
+    here = Path(__file__).resolve()
+    hits = [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for f in text_files() if f != here
             for i, line in enumerate(f.read_text().splitlines(), 1) if outside.search(line)]
     assert not hits, "\n".join(hits)

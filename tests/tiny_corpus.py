@@ -24,7 +24,7 @@ def synthetic_image(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def make_corpus(directory: Path, n_train: int = 24, n_val: int = 6, size: int = 16,
                 quality: int = 50) -> JpegDctTokenizer:
-    """Tokenize synthetic images into a Corpus directory (the layout of tokenizer/shards.py)."""
+    """Tokenize synthetic images into a Corpus directory (the layout of tokenizer/corpus/shards.py)."""
     tok = JpegDctTokenizer(JpegDctConfig(quality=quality, size=(size, size)))
     rng = np.random.default_rng(0)
     meta = {"splits": {}}
