@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 from dctgpt import checkpoint
-from dctgpt.config import parse_config
 from dctgpt.generate import SamplingConfig, generate
 from tokenizer.base import BLOCK_ROW, COMPONENT, TokenSequence
+from tokenizer.cli import run
 
 log = logging.getLogger("dctgpt.sample")
 
@@ -31,22 +31,22 @@ log = logging.getLogger("dctgpt.sample")
 @dataclass(frozen=True)
 class SampleConfig:
     out_dir: str = "out"          # the training run (or its ckpt/ directory)
-    samples_dir: str = ""         # default <out_dir>/samples
-    num_samples: int = 16
+    samples_dir: str = ""         # where samples go; "" = <out_dir>/samples
+    num_samples: int = 16         # images (or clips) to sample
     batch_size: int = 16          # streams sampled together
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 1337
-    height: int = 0               # 0 = the tokenizer's configured size
-    width: int = 0
-    quality: int = 0              # 0 = the tokenizer's configured quality
+    temperature: float = 1.0      # divides the logits; below 1 is more conservative
+    top_k: int = 0                # sample among the k likeliest allowed ids; 0 = all
+    top_p: float = 1.0            # sample among the likeliest ids holding this probability; 1 = all
+    seed: int = 1337              # random seed; the batch starting at sample i uses seed + i
+    height: int = 0               # pixels; 0 = the tokenizer's configured size
+    width: int = 0                # pixels; 0 = the tokenizer's configured size
+    quality: int = 0              # JPEG quality in the header; 0 = the tokenizer's configured quality
     prefix_image: str = ""        # keep the first prefix_rows block rows of this image, sample the rest
-    prefix_rows: int = 0
+    prefix_rows: int = 0          # block rows of prefix_image to keep
     prefix_clip: str = ""         # video tokenizers: keep the first prefix_frames frames, sample the next
-    prefix_frames: int = 0
+    prefix_frames: int = 0        # frames of prefix_clip to keep
     max_new_tokens: int = 0       # 0 = until the end token
-    device: str = "auto"
+    device: str = "auto"          # "auto", "cpu", "cuda" or "cuda:N"
     num_threads: int = 1          # CPU threads; sampling is many tiny ops, where more threads mostly wait
 
     def __post_init__(self) -> None:
@@ -141,6 +141,9 @@ def main(cfg: SampleConfig) -> list[Path]:
     return paths
 
 
+def cli(argv: list[str] | None = None) -> list[Path]:
+    return run(main, SampleConfig, argv)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    main(parse_config(SampleConfig, sys.argv[1:]))
+    cli()

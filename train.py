@@ -1,11 +1,11 @@
 """Train the GPT on a tokenized corpus (nanoGPT-style, but configured by a frozen dataclass).
 
-    python train.py configs/quickstart.json --max_iters=500
-    torchrun --standalone --nproc_per_node=2 train.py configs/quickstart.json   # DDP (gloo on CPU)
+    python train.py configs/quickstart.toml --max_iters=500 --n_layer=2
+    torchrun --standalone --nproc_per_node=2 train.py configs/quickstart.toml   # DDP (gloo on CPU)
 
-Recipes live in configs/*.json; `--key=value` overrides any TrainConfig field. The run writes
-`<out_dir>/ckpt/` (see dctgpt/checkpoint.py), `log.csv` and `loss.png`; `--init_from=resume`
-continues it exactly where the checkpoint left off.
+Recipes are TOML files in configs/; `--key=value` overrides any key of TrainConfig (dctgpt/config.py;
+`--help` lists them). The run writes `<out_dir>/ckpt/` (see dctgpt/checkpoint.py), `log.csv` and
+`loss.png`; `--init_from=resume` continues it exactly where the checkpoint left off.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shlex
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,80 +25,16 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dctgpt import checkpoint
-from dctgpt.config import parse_config, to_dict
-from dctgpt.data import Packer
+from dctgpt.config import TrainConfig
+from dctgpt.data import Batch, Packer
 from dctgpt.logbook import Logbook
-from dctgpt.model import GPT, GPTConfig
+from dctgpt.model import GPT
+from tokenizer.cli import run
+from tokenizer.corpus import prepare
 from tokenizer.corpus.shards import Corpus
 
 log = logging.getLogger("dctgpt.train")
 EVAL_SEED = 1 << 30  # eval rows come from (seed, EVAL_SEED, k): the same rows at every evaluation
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    # I/O
-    out_dir: str = "out"
-    data_dir: str = "data/embedded64"
-    prepare_args: str = ""     # no corpus in data_dir: python -m tokenizer.corpus.prepare ARGS --out data_dir
-    init_from: str = "scratch"  # "scratch" | "resume"
-    eval_interval: int = 100
-    eval_iters: int = 10
-    eval_only: bool = False
-    log_interval: int = 1
-    always_save_checkpoint: bool = True
-    seed: int = 1337
-    # data
-    batch_size: int = 8        # rows per micro-step per process
-    block_size: int = 1024
-    gradient_accumulation_steps: int = 1   # in total, split across DDP processes
-    # model
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False
-    pos_emb: str = "rope2d"
-    attention: str = "sdpa"
-    max_block_row: int = 128
-    max_block_col: int = 128
-    rope_base: float = 100.0
-    # AdamW and the learning-rate schedule (linear warmup, cosine decay to min_lr)
-    learning_rate: float = 1e-3
-    max_iters: int = 1000
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0     # 0 = off
-    decay_lr: bool = True
-    warmup_iters: int = 100
-    lr_decay_iters: int = 0    # 0 = max_iters
-    min_lr: float = 1e-4
-    # system
-    device: str = "auto"       # "auto" | "cpu" | "cuda" | "cuda:N"
-    dtype: str = "float32"     # "float32" | "bfloat16" (autocast)
-    compile: bool = False
-    num_threads: int = 0       # torch CPU threads; 0 = torch's default
-
-    def __post_init__(self) -> None:
-        if self.init_from not in ("scratch", "resume"):
-            raise ValueError(f"init_from={self.init_from!r}: expected 'scratch' or 'resume'")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype={self.dtype!r}: expected 'float32' or 'bfloat16'")
-        for name in ("eval_interval", "eval_iters", "log_interval", "batch_size", "block_size",
-                     "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
-        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "num_threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)}: expected >= 0")
-
-    def model_config(self, vocab_size: int, n_frame: int = 1) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, n_frame=n_frame, block_size=self.block_size,
-                         n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-                         pos_emb=self.pos_emb, attention=self.attention, max_block_row=self.max_block_row,
-                         max_block_col=self.max_block_col, rope_base=self.rope_base)
 
 
 @dataclass
@@ -129,16 +63,42 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
 
 
 def ensure_corpus(cfg: TrainConfig) -> Corpus:
-    """The corpus in data_dir, tokenized first through tokenizer.corpus.prepare if it is missing."""
+    """The corpus in data_dir, tokenized first (the recipe's [prepare], in this process) if it is missing."""
     if not (Path(cfg.data_dir) / "corpus.json").is_file():
-        if not cfg.prepare_args:
-            raise FileNotFoundError(f"{cfg.data_dir}: no corpus.json, and no prepare_args to make one "
-                                    f"(run python -m tokenizer.corpus.prepare ... --out {cfg.data_dir})")
-        cmd = [sys.executable, "-m", "tokenizer.corpus.prepare", *shlex.split(cfg.prepare_args),
-               "--out", cfg.data_dir]
-        log.info("tokenizing the corpus: %s", " ".join(cmd))
-        subprocess.run(cmd, check=True)
-    return Corpus(cfg.data_dir)
+        if cfg.prepare is None:
+            raise FileNotFoundError(f"data_dir={cfg.data_dir!r}: no corpus.json, and no [prepare] in the "
+                                    f"recipe to make one (or run python -m tokenizer.corpus.prepare "
+                                    f"--out={cfg.data_dir} ...)")
+        log.info("tokenizing the corpus into %s", cfg.data_dir)
+        manifest = prepare.main(replace(cfg.prepare, out=cfg.data_dir))
+        log.info("%s", prepare.summary(manifest))
+    corpus = Corpus(cfg.data_dir)
+    if "val" not in corpus.splits or corpus.split("val").lengths.size == 0:
+        raise ValueError(f"data_dir={cfg.data_dir!r}: the corpus has no val split, which training evaluates "
+                         f"on; tokenize it again with a val share (prepare's val_fraction or val_crops)")
+    return corpus
+
+
+def share_of_iteration(cfg: TrainConfig, rank: int, world: int) -> list[tuple[int, slice]]:
+    """This process's micro-steps of one iteration: (micro-batch index, its rows) pairs.
+
+    An iteration is gradient_accumulation_steps micro-batches of batch_size rows. Each micro-batch is
+    cut into `split` equal pieces (as few as let the pieces divide evenly among the processes) and
+    process r takes pieces r*P .. r*P+P-1, so any number of processes reads the rows of one process.
+    """
+    gas = cfg.gradient_accumulation_steps
+    split = world // math.gcd(gas, world)
+    if cfg.batch_size % split:
+        raise ValueError(f"batch_size={cfg.batch_size} x gradient_accumulation_steps={gas} rows do not "
+                         f"divide among {world} processes: make batch_size a multiple of {split}")
+    per = gas * split // world
+    rows = cfg.batch_size // split
+    return [(p // split, slice(p % split * rows, (p % split + 1) * rows))
+            for p in range(rank * per, (rank + 1) * per)]
+
+
+def rows_of(batch: Batch, rows: slice) -> Batch:
+    return Batch(batch.idx[rows], batch.positions[rows], batch.targets[rows], batch.doc[rows])
 
 
 @torch.no_grad()
@@ -179,24 +139,22 @@ def main(cfg: TrainConfig) -> TrainResult:
 
 def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> TrainResult:
     master = rank == 0
-    if cfg.gradient_accumulation_steps % world:
-        raise ValueError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is not "
-                         f"divisible by the {world} DDP processes")
-    gas = cfg.gradient_accumulation_steps // world
+    share = share_of_iteration(cfg, rank, world)
     out = Path(cfg.out_dir)
-    if master:
+    corpus = None
+    if master:   # the other processes wait until the corpus is there
         out.mkdir(parents=True, exist_ok=True)
-        ensure_corpus(cfg)
+        corpus = ensure_corpus(cfg)
     if ddp:
         dist.barrier()
-    corpus = Corpus(cfg.data_dir)
+    corpus = corpus or ensure_corpus(cfg)
     tok = corpus.tokenizer()
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
 
     torch.manual_seed(cfg.seed)
     # a video tokenizer says how many frames its positions span; images have one
-    model = GPT(cfg.model_config(tok.vocab_size, tok.n_frame)).to(device)
+    model = GPT(replace(cfg.model, vocab_size=tok.vocab_size, n_frame=tok.n_frame)).to(device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                            device_type)
     iter_num, best_val, elapsed_before = 0, float("inf"), 0.0
@@ -219,11 +177,12 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
     if ddp:
         model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
 
-    train_packer = Packer(corpus.split("train"), cfg.block_size, tok.pad_id, raw.config.ignore_index)
-    val_packer = Packer(corpus.split("val"), cfg.block_size, tok.pad_id, raw.config.ignore_index)
+    block_size = raw.config.block_size
+    train_packer = Packer(corpus.split("train"), block_size, tok.pad_id, raw.config.ignore_index)
+    val_packer = Packer(corpus.split("val"), block_size, tok.pad_id, raw.config.ignore_index)
     book = Logbook(out, start_iter) if master else None
     result = TrainResult(iter_num=iter_num, out_dir=str(out))
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * block_size
     if master:
         log.info("model: %.2fM parameters, vocab %d; %d tokens per iteration (%d processes)",
                  raw.get_num_params() / 1e6, tok.vocab_size, tokens_per_iter, world)
@@ -242,7 +201,7 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
         if val < best_val or cfg.always_save_checkpoint:
             best_val = min(best_val, val)
             checkpoint.save(out, raw, optimizer, tok, {
-                "iter_num": it, "best_val_loss": best_val, "train_config": to_dict(cfg),
+                "iter_num": it, "best_val_loss": best_val, "train_config": asdict(cfg),
                 "data_dir": str(cfg.data_dir), "val_bits_per_image": bits,
                 "elapsed_s": time.time() - t_start})
         book.plot()
@@ -259,13 +218,20 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
-        for micro in range(gas):
-            batch = train_packer.batch(cfg.batch_size, [cfg.seed, iter_num, rank * gas + micro]).to(device)
-            sync = nullcontext() if (not ddp or micro == gas - 1) else model.no_sync()
+        for k, (micro, rows) in enumerate(share):
+            full = train_packer.batch(cfg.batch_size, [cfg.seed, iter_num, micro])
+            piece = rows_of(full, rows)
+            # a piece's mean loss, weighted by its share of the micro-batch's targets: the pieces of all
+            # processes add up to the micro-batch's mean loss, as in one process
+            ignore = raw.config.ignore_index
+            weight = int((piece.targets != ignore).sum()) / int((full.targets != ignore).sum())
+            batch = piece.to(device)
+            sync = nullcontext() if (not ddp or k == len(share) - 1) else model.no_sync()
             with sync, ctx:
                 _, loss = model(batch.idx, batch.positions, batch.targets, doc=batch.doc)
-            (loss / gas).backward()
-            loss_sum += loss.detach()
+            # DDP averages gradients over the processes: scale so that they sum over the pieces
+            (loss * weight * world / cfg.gradient_accumulation_steps).backward()
+            loss_sum += loss.detach() * weight
         if ddp:
             dist.all_reduce(loss_sum)
         train_loss = loss_sum.item() / cfg.gradient_accumulation_steps
@@ -293,15 +259,13 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
     return result
 
 
-def cli(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = parse_config(TrainConfig, sys.argv[1:] if argv is None else argv)
-    if int(os.environ.get("RANK", 0)) != 0:
-        logging.getLogger().setLevel(logging.WARNING)
+def cli(argv: list[str] | None = None) -> TrainResult:
+    if int(os.environ.get("RANK", 0)) != 0:   # DDP: only rank 0 logs progress
+        log.setLevel(logging.WARNING)
     try:
-        main(cfg)
+        return run(main, TrainConfig, argv)
     except TrainingDiverged as e:
-        sys.exit(str(e))
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

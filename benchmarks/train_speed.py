@@ -1,6 +1,6 @@
 """Training speed: tokens/s and model FLOPs utilization against this machine's measured matmul peak.
 
-    python benchmarks/train_speed.py configs/quickstart.json [--iters 10] [--vocab_size 1344]
+    python benchmarks/train_speed.py configs/quickstart.toml [--iters 10] [--vocab_size=1106]
 
 Builds the recipe's model, times forward + backward + AdamW steps on random rows of the recipe's
 batch_size x block_size, and reports tokens/s and MFU = achieved model FLOPs / the FLOP rate of a
@@ -11,16 +11,13 @@ share of the FLOPs.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dctgpt.config import parse_config  # noqa: E402
-from train import TrainConfig  # noqa: E402
+from dctgpt.config import TrainConfig
+from dctgpt.model import GPT
+from tokenizer.cli import parse_config
 
 
 def matmul_peak(n: int = 1024, reps: int = 10) -> float:
@@ -36,20 +33,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", nargs="*", help="recipe files and --key=value overrides for TrainConfig")
     ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--vocab_size", type=int, default=1344)
     a, rest = ap.parse_known_args()
-    cfg = parse_config(TrainConfig, a.config + rest)
+    cfg = parse_config(TrainConfig, a.config + rest)   # --vocab_size=N sets the model's vocabulary
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(0)
-    from dctgpt.model import GPT
-    model = GPT(cfg.model_config(a.vocab_size))
+    model = GPT(cfg.model)
+    vocab_size = model.config.vocab_size
     opt = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), "cpu")
-    B, T = cfg.batch_size, cfg.block_size
-    idx = torch.randint(0, a.vocab_size, (B, T))
+    B, T = cfg.batch_size, cfg.model.block_size
+    idx = torch.randint(0, vocab_size, (B, T))
     pos = torch.zeros(B, T, 5, dtype=torch.long)
     pos[..., 1] = 1
-    pos[..., 2] = torch.arange(T) // 80 % cfg.max_block_row
+    pos[..., 2] = torch.arange(T) // 80 % cfg.model.max_block_row
     pos[..., 3] = torch.arange(T) // 10 % 8
     pos[..., 4] = torch.arange(T) % 10 * 6
     doc = (torch.arange(T) // 700).expand(B, T)  # packed rows of ~700-token images, as in training
@@ -67,9 +63,9 @@ def main() -> None:
     dt = (time.perf_counter() - t0) / a.iters
     tok_s = B * T / dt
     flops = model.flops_per_token(T)
-    head = 6 * a.vocab_size * cfg.n_embd
+    head = 6 * vocab_size * cfg.model.n_embd
     peak = matmul_peak()
-    print(f"model: {model.get_num_params() / 1e6:.2f}M params, vocab {a.vocab_size}, rows {B}x{T}, "
+    print(f"model: {model.get_num_params() / 1e6:.2f}M params, vocab {vocab_size}, rows {B}x{T}, "
           f"{torch.get_num_threads()} threads")
     print(f"train: {tok_s:,.0f} tokens/s, {dt * 1000:.0f} ms/iter, {flops / 1e6:.1f} MFLOP/token "
           f"(output layer {head / flops:.0%})")

@@ -23,7 +23,6 @@ With --videos, also results_video.md/.csv: the video tokenizer's tokens per fram
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -38,6 +37,7 @@ from PIL import Image, ImageOps
 
 from dctgpt.plot import Series, image_grid, line_plot
 from tokenizer.base import load_tokenizer
+from tokenizer.cli import run
 from tokenizer.jpeg.io import scan_bytes
 
 log = logging.getLogger("dctgpt.compare")
@@ -336,25 +336,29 @@ def main(images: str, out: str, tokenizers: list[str], checkpoint: str | None = 
     return rows
 
 
+@dataclass(frozen=True)
+class CompareConfig:
+    images: str                   # folder of images
+    out: str                      # output folder (results.md/.csv, rd.png, recon.png)
+    tokenizers: tuple[str, ...] = ("jpeg-grid", "bpe-grid")  # specs: jpeg:..., bpe:..., DIR (see above)
+    checkpoint: str = ""          # a training run or checkpoint: model bits for its tokenizer
+    qualities: tuple[int, ...] = (10, 25, 50)  # JPEG qualities of the jpeg-grid / bpe-grid shorthands
+    bpe_vocab: int = 2048         # BPE vocabulary of the bpe specs
+    bpe_crops: int = 300          # embedded train crops BPE learns from
+    videos: tuple[str, ...] = ()  # clips for the video tokenizer (both modes)
+    video_size: tuple[int, int] = (64, 64)  # (height, width) of the video frames
+    max_frames: int = 16          # frames per clip
+    threads: int = 1              # torch CPU threads (speeds are per thread)
+
+
+def _main(c: CompareConfig) -> list[Row]:
+    return main(c.images, c.out, list(c.tokenizers), c.checkpoint or None, c.qualities, c.bpe_vocab,
+                c.bpe_crops, videos=c.videos, video_size=c.video_size, max_frames=c.max_frames,
+                threads=c.threads)
+
+
 def cli(argv: list[str] | None = None) -> list[Row]:
-    ap = argparse.ArgumentParser(description="Compare tokenizers on an image folder.")
-    ap.add_argument("--images", required=True, help="folder of images")
-    ap.add_argument("--out", required=True, help="output folder (results.md/.csv, rd.png, recon.png)")
-    ap.add_argument("--tokenizers", nargs="+", default=["jpeg-grid", "bpe-grid"],
-                    help="specs: jpeg:q=Q,order=O | bpe:q=Q,order=O,vocab=V | DIR | jpeg-grid | bpe-grid")
-    ap.add_argument("--checkpoint", help="a training run or checkpoint: model bits for its tokenizer")
-    ap.add_argument("--qualities", type=int, nargs="+", default=[10, 25, 50])
-    ap.add_argument("--bpe_vocab", type=int, default=2048)
-    ap.add_argument("--bpe_crops", type=int, default=300, help="embedded train crops BPE learns from")
-    ap.add_argument("--videos", nargs="*", default=[], help="clips for the video tokenizer (both modes)")
-    ap.add_argument("--video_size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
-    ap.add_argument("--max_frames", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (speeds are per thread)")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return main(a.images, a.out, a.tokenizers, a.checkpoint, tuple(a.qualities), a.bpe_vocab, a.bpe_crops,
-                videos=tuple(a.videos), video_size=tuple(a.video_size), max_frames=a.max_frames,
-                threads=a.threads)
+    return run(_main, CompareConfig, argv)
 
 
 if __name__ == "__main__":

@@ -1,79 +1,69 @@
-"""Frozen config dataclasses from recipe files and `--key=value` overrides.
+"""The training recipe: one frozen dataclass, the model's settings held as a GPTConfig.
 
-`parse_config(TrainConfig, ["configs/quickstart.json", "--max_iters=100"])`: JSON recipe files are
-applied in order, then the overrides; an unknown key or a value of the wrong type is a ValueError
-that names the key, the value and the expected type.
+    from dctgpt.config import TrainConfig
+    from tokenizer.cli import parse_config
+    cfg = parse_config(TrainConfig, ["configs/quickstart.toml", "--max_iters=100", "--n_layer=2"])
+    cfg.model.n_layer, cfg.prepare.source      # (2, 'embedded')
+
+Recipes are TOML files in configs/ (the `[model]` table is the GPTConfig, `[prepare]` how to tokenize
+the corpus when data_dir has none); `python train.py --help` lists every key.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import typing
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import dataclass
 
-C = TypeVar("C")
+from dctgpt.model import GPTConfig
+from tokenizer.corpus.prepare import PrepareConfig
 
 
-def _types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+@dataclass(frozen=True)
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"          # run directory: ckpt/, log.csv, loss.png
+    data_dir: str = "data/embedded64"  # corpus directory (corpus.json and shards)
+    init_from: str = "scratch"    # "scratch", or "resume" to continue out_dir's checkpoint exactly
+    eval_interval: int = 100      # iterations between val evaluations (and checkpoints)
+    eval_iters: int = 10          # val batches per evaluation
+    eval_only: bool = False       # evaluate once and stop
+    log_interval: int = 1         # iterations between log lines
+    always_save_checkpoint: bool = True  # save at every evaluation, not only when val loss improves
+    seed: int = 1337              # model init and the rows of every batch
+    # data
+    batch_size: int = 8           # rows of block_size tokens per micro-step (in one process)
+    gradient_accumulation_steps: int = 1  # micro-steps per iteration; DDP processes share them out
+    # AdamW and the learning-rate schedule (linear warmup, cosine decay to min_lr)
+    learning_rate: float = 1e-3   # peak learning rate
+    max_iters: int = 1000         # iterations in all
+    weight_decay: float = 0.1     # AdamW weight decay (2D weights only)
+    beta1: float = 0.9            # AdamW beta1
+    beta2: float = 0.95           # AdamW beta2
+    grad_clip: float = 1.0        # clip the gradient norm at this; 0 = off
+    decay_lr: bool = True         # cosine decay after warmup; false = constant learning_rate
+    warmup_iters: int = 100       # linear warmup iterations
+    lr_decay_iters: int = 0       # iteration the decay reaches min_lr; 0 = max_iters
+    min_lr: float = 1e-4          # learning rate at the end of the decay
+    # system
+    device: str = "auto"          # "auto", "cpu", "cuda" or "cuda:N"
+    dtype: str = "float32"        # "float32", or "bfloat16" (autocast)
+    compile: bool = False         # torch.compile the model
+    num_threads: int = 0          # torch CPU threads; 0 = torch's default
+    # sections
+    model: GPTConfig = GPTConfig()  # the GPT; vocab_size and n_frame come from the corpus's tokenizer
+    prepare: PrepareConfig | None = None  # given, it tokenizes the corpus into data_dir when that has none
 
-
-def _coerce(cls: type, key: str, value: Any, from_text: bool) -> Any:
-    """Check (JSON) or parse (command line) one value against the field's type."""
-    types = _types(cls)
-    if key not in types:
-        raise ValueError(f"{cls.__name__}: unknown key {key!r}; known keys: "
-                         f"{', '.join(sorted(f.name for f in dataclasses.fields(cls)))}")
-    t = types[key]
-    want = t.__name__ if isinstance(t, type) else str(t)
-    if from_text:
-        try:
-            if t is bool:
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                return value.lower() in ("true", "1")
-            return t(value)
-        except ValueError:
-            raise ValueError(f"--{key}={value}: expected {want}") from None
-    ok = (isinstance(value, t) and not (t is int and isinstance(value, bool))) or (
-        t is float and isinstance(value, int) and not isinstance(value, bool))
-    if not ok:
-        raise ValueError(f"{cls.__name__}.{key}={value!r}: expected {want}, got {type(value).__name__}")
-    return float(value) if t is float else value
-
-
-def parse_config(cls: type[C], argv: list[str]) -> C:
-    """Build `cls` from recipe files (positional .json paths) then `--key=value` overrides."""
-    values: dict[str, Any] = {}
-    for arg in argv:
-        if arg.startswith("--"):
-            if "=" not in arg:
-                raise ValueError(f"{arg}: expected --key=value")
-            key, text = arg[2:].split("=", 1)
-            values[key] = _coerce(cls, key, text, from_text=True)
-        else:
-            path = Path(arg)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no such config file (expected a JSON recipe in configs/)")
-            recipe = json.loads(path.read_text())
-            if not isinstance(recipe, dict):
-                raise ValueError(f"{path}: expected a JSON object of key: value")
-            for key, value in recipe.items():
-                if key.startswith("_"):  # "_comment" and the like
-                    continue
-                try:
-                    values[key] = _coerce(cls, key, value, from_text=False)
-                except ValueError as e:
-                    raise ValueError(f"{path}: {e}") from None
-    return cls(**values)
-
-
-def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
-
-
-def from_dict(cls: type[C], d: dict) -> C:
-    """Rebuild a config saved with `to_dict`, checking every key and type."""
-    return cls(**{k: _coerce(cls, k, v, from_text=False) for k, v in d.items()})
+    def __post_init__(self) -> None:
+        if self.init_from not in ("scratch", "resume"):
+            raise ValueError(f"init_from={self.init_from!r}: expected 'scratch' or 'resume'")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype={self.dtype!r}: expected 'float32' or 'bfloat16'")
+        for name in ("eval_interval", "eval_iters", "log_interval", "batch_size",
+                     "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected >= 0")
+        if self.prepare is not None and self.prepare.out not in ("", self.data_dir):
+            raise ValueError(f"prepare.out={self.prepare.out!r}: leave it unset; the corpus goes to "
+                             f"data_dir={self.data_dir!r}")

@@ -12,7 +12,6 @@ The baseline is the entropy-coded scan of the prepared JPEG (`scan_bytes`); savi
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from dctgpt import checkpoint
 from dctgpt.model import GPT
 from tokenizer.base import TokenSequence
+from tokenizer.cli import run
 
 log = logging.getLogger("dctgpt.evaluate")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
@@ -134,16 +134,17 @@ def main(ckpt: str, images: str, json_path: str = "", stride: int = 0, device: s
     return report
 
 
-def cli(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="checkpoint dir (or the out_dir holding ckpt/)")
-    p.add_argument("--images", required=True, help="directory of images (held out from training)")
-    p.add_argument("--json", default="", help="write per-image and mean figures here")
-    p.add_argument("--stride", type=int, default=0, help="sliding-window stride (default block_size/2)")
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    main(a.ckpt, a.images, a.json, a.stride, a.device)
+@dataclass(frozen=True)
+class EvaluateConfig:
+    ckpt: str                     # checkpoint directory (or the out_dir holding ckpt/)
+    images: str                   # folder of images, held out from training
+    json: str = ""                # write per-image and mean figures to this file
+    stride: int = 0               # sliding-window stride in tokens; 0 = block_size / 2
+    device: str = "cpu"           # "cpu", "cuda" or "cuda:N"
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    return run(lambda c: main(c.ckpt, c.images, c.json, c.stride, c.device), EvaluateConfig, argv)
 
 
 if __name__ == "__main__":

@@ -30,21 +30,21 @@ ATTENTIONS = ("sdpa", "xformers")
 
 @dataclass(frozen=True)
 class GPTConfig:
-    vocab_size: int = 1344
-    block_size: int = 1024     # context length in tokens
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.0
-    bias: bool = False
+    vocab_size: int = 1344     # token ids; train.py takes it from the corpus's tokenizer
+    block_size: int = 1024     # context length in tokens (training rows are this long)
+    n_layer: int = 6           # transformer blocks
+    n_head: int = 6            # attention heads per block
+    n_embd: int = 384          # width of the residual stream
+    dropout: float = 0.0       # dropout rate (embeddings, attention, residual branches)
+    bias: bool = False         # biases in the linear layers and layer norms
     pos_emb: str = "rope2d"    # "learned" | "rope2d"
     attention: str = "sdpa"    # "sdpa" | "xformers" (CUDA only)
     max_block_row: int = 128   # learned row/col tables hold 0..max-1
-    max_block_col: int = 128
-    n_frame: int = 1
+    max_block_col: int = 128   # (see max_block_row)
+    n_frame: int = 1           # frames a position can name (video); train.py takes it from the tokenizer
     n_component: int = 4       # 0 = header/special, 1..3 = Y, Cb, Cr
     n_frequency: int = 65      # zigzag 0..63, 64 = end of block
-    rope_base: float = 100.0
+    rope_base: float = 100.0   # rope2d: base of the rotation frequencies
     ignore_index: int = -1     # targets equal to this (padding, cross-image) carry no loss
 
     def __post_init__(self) -> None:

@@ -23,10 +23,12 @@ def setup(tmp_path_factory):
           VqTrainConfig(out=str(d / "vq"), steps=2, batch_size=2, train_crops=4, val_crops=2, num_threads=1),
           progress=False)
     import train as train_py
+    from dctgpt.config import TrainConfig
+    from dctgpt.model import GPTConfig
     make_corpus(d / "corpus", n_train=8, n_val=2, size=16, quality=50)
-    train_py.main(train_py.TrainConfig(data_dir=str(d / "corpus"), out_dir=str(d / "run"), n_layer=2,
-                                       n_head=2, n_embd=32, block_size=64, batch_size=2, max_iters=2,
-                                       eval_interval=2, eval_iters=1, warmup_iters=1, num_threads=1))
+    train_py.main(TrainConfig(data_dir=str(d / "corpus"), out_dir=str(d / "run"), batch_size=2, max_iters=2,
+                              eval_interval=2, eval_iters=1, warmup_iters=1, num_threads=1,
+                              model=GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64)))
     return d
 
 
@@ -90,15 +92,20 @@ def test_video_table_both_modes(setup, tmp_path):
     assert "| still.mp4 | delta | 50 | 4 |" in (tmp_path / "out" / "results_video.md").read_text()
 
 
-def test_specs_and_errors(setup, tmp_path):
+def test_specs_and_errors(setup, tmp_path, capsys):
     assert expand(["jpeg-grid"], [10, 50], 2048) == [
         "jpeg:q=10,order=raster", "jpeg:q=10,order=coarse_to_fine",
         "jpeg:q=50,order=raster", "jpeg:q=50,order=coarse_to_fine"]
     assert expand(["bpe-grid", "x"], [25], 1500) == [
         "bpe:q=25,order=raster,vocab=1500", "bpe:q=25,order=coarse_to_fine,vocab=1500", "x"]
-    with pytest.raises(ValueError, match="unknown keys \\['quality'\\]"):
-        cli(["--images", str(setup / "images"), "--out", str(tmp_path), "--tokenizers", "jpeg:quality=5"])
-    with pytest.raises(ValueError, match="expected jpeg:"):
-        cli(["--images", str(setup / "images"), "--out", str(tmp_path), "--tokenizers", "webp:q=5"])
-    with pytest.raises(FileNotFoundError, match="no image files"):
-        cli(["--images", str(tmp_path), "--out", str(tmp_path / "o"), "--tokenizers", "jpeg:q=5"])
+    errors = []   # a user's mistake is one line on stderr and exit status 2
+    for images, spec in ((setup / "images", "jpeg:quality=5"), (setup / "images", "webp:q=5"),
+                         (tmp_path, "jpeg:q=5")):
+        with pytest.raises(SystemExit) as e:
+            cli(["--images", str(images), "--out", str(tmp_path / "o"), "--tokenizers", spec])
+        assert e.value.code == 2
+        errors.append(capsys.readouterr().err)
+    assert errors[0] == "error: tokenizer spec 'jpeg:quality=5': unknown keys ['quality']\n"
+    assert errors[1].startswith("error: tokenizer spec 'webp:q=5': expected jpeg:")
+    assert errors[2].startswith(f"error: {tmp_path}: no image files (")
+    assert [e.count("\n") for e in errors] == [1, 1, 1]

@@ -15,7 +15,9 @@ from torch.nn import functional as F
 import sample
 import train
 from dctgpt import checkpoint, evaluate
+from dctgpt.config import TrainConfig
 from dctgpt.generate import SamplingConfig, generate
+from dctgpt.model import GPTConfig
 from tokenizer import JpegDctConfig, JpegDctTokenizer, scan_bytes
 from tokenizer.base import BLOCK_ROW, COMPONENT
 
@@ -25,9 +27,9 @@ def run_dir(tmp_path_factory):
     corpus = tmp_path_factory.mktemp("corpus")
     make_corpus(corpus)
     out = tmp_path_factory.mktemp("run")
-    train.main(train.TrainConfig(data_dir=str(corpus), out_dir=str(out), n_layer=2, n_head=2, n_embd=32,
-                                 block_size=64, batch_size=4, max_iters=30, eval_interval=30,
-                                 eval_iters=1, warmup_iters=5, learning_rate=1e-2, num_threads=1))
+    train.main(TrainConfig(data_dir=str(corpus), out_dir=str(out), batch_size=4, max_iters=30,
+                           eval_interval=30, eval_iters=1, warmup_iters=5, learning_rate=1e-2, num_threads=1,
+                           model=GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64)))
     return out
 
 

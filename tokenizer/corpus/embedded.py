@@ -10,7 +10,6 @@ photo's short side), a random place, and a random horizontal flip.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tokenizer.cli import run
 
 TRAIN_PHOTOS = (
     "skimage:astronaut.png", "skimage:camera.png", "skimage:rocket.jpg", "skimage:motorcycle_left.png",
@@ -96,17 +97,30 @@ def export(out: str | os.PathLike, split: str, n: int, size: tuple[int, int], se
     return paths
 
 
-def cli(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Export crops of the embedded photo corpus as PNG files.")
-    ap.add_argument("--export", required=True, help="output folder")
-    ap.add_argument("--split", default="val", choices=list(SPLITS))
-    ap.add_argument("--crops", type=int, default=64)
-    ap.add_argument("--size", type=int, nargs="+", default=[64], help="side, or height width")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    size = (a.size[0], a.size[-1])
-    paths = export(a.export, a.split, a.crops, size, a.seed)
-    print(f"wrote {len(paths)} {size[0]}x{size[1]} {a.split} crops to {a.export}")
+@dataclass(frozen=True)
+class ExportConfig:
+    export: str                   # folder to write the PNG crops to
+    split: str = "val"            # "train" or "val": which photos the crops come from
+    crops: int = 64               # how many crops
+    size: tuple[int, ...] = (64,)  # side, or height width, in pixels
+    seed: int = 0                 # which crops (crop i is a function of seed, split and i)
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split={self.split!r}: expected one of {list(SPLITS)}")
+        if len(self.size) not in (1, 2) or min(self.size) < 1:
+            raise ValueError(f"size={self.size}: expected a side, or height and width, >= 1")
+
+
+def main(cfg: ExportConfig) -> list[Path]:
+    size = (cfg.size[0], cfg.size[-1])
+    paths = export(cfg.export, cfg.split, cfg.crops, size, cfg.seed)
+    print(f"wrote {len(paths)} {size[0]}x{size[1]} {cfg.split} crops to {cfg.export}")
+    return paths
+
+
+def cli(argv: list[str] | None = None) -> list[Path]:
+    return run(main, ExportConfig, argv)
 
 
 if __name__ == "__main__":

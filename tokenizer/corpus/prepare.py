@@ -18,7 +18,6 @@ cannot be tokenized is skipped with a one-line warning naming it, never aborting
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -33,6 +32,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from tokenizer.base import load_tokenizer, write_json_atomic
+from tokenizer.cli import run
 from tokenizer.corpus.shards import write_shard
 
 log = logging.getLogger("tokenizer.corpus.prepare")
@@ -74,10 +74,12 @@ def plan_items(src: Source, train_crops: int, val_crops: int, val_fraction: floa
 
 
 def _hash_split(items: list, val_fraction: float) -> dict[str, list]:
-    def frac(item: Any) -> float:
-        return int(hashlib.md5(json.dumps(item).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return {"train": [i for i in items if frac(i) >= val_fraction],
-            "val": [i for i in items if frac(i) < val_fraction]}
+    fracs = [int(hashlib.md5(json.dumps(i).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for i in items]
+    val = {k for k, f in enumerate(fracs) if f < val_fraction}
+    if val_fraction > 0 and len(items) >= 2 and not val:   # a small folder can hash nothing into val:
+        val = {fracs.index(min(fracs))}                    # then the lowest hash goes there
+    return {"train": [i for k, i in enumerate(items) if k not in val],
+            "val": [i for k, i in enumerate(items) if k in val]}
 
 
 def _hf_splits(src: Source) -> dict:
@@ -261,45 +263,69 @@ def summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def cli(argv: list[str] | None = None) -> dict:
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Tokenize a corpus: the source, the tokenizer and the split."""
+
+    source: str                   # "embedded", a folder of images, a saved dataset, or hf:NAME / hf:FOLDER
+    out: str = ""                 # corpus directory to write (or resume); in a training recipe: data_dir
+    tokenizer: str = ""           # a saved tokenizer directory; then quality, subsampling, order are unused
+    quality: int = 25             # JPEG quality the images are encoded at
+    size: tuple[int, int] = (64, 64)  # (height, width) images are fitted to; the embedded crops' size
+    subsampling: str = "4:2:0"    # chroma subsampling: "4:4:4", "4:2:2", "4:2:0" or "gray"
+    order: str = "raster"         # block order: "raster" or "coarse_to_fine"
+    train_crops: int = 8000       # embedded source: train crops
+    val_crops: int = 512          # embedded source: val crops
+    val_fraction: float = 0.05    # other sources: share of images hashed into val (at least one of 2+)
+    image_column: str = ""        # datasets: the image column ("" = found from the features)
+    shard_size: int = 1000        # images per shard file
+    workers: int = 0              # tokenizing processes; 0 = one per CPU core
+    seed: int = 0                 # embedded source: which crops
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction}: expected 0 <= val_fraction < 1")
+        for name in ("train_crops", "val_crops", "workers", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected >= 0")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size={self.shard_size}: expected >= 1")
+
+
+def source_of(cfg: PrepareConfig, size: tuple[int, int]) -> Source:
+    """The Source `cfg.source` names; crops of the embedded photos are `size`."""
+    column = cfg.image_column or None
+    if cfg.source == "embedded":
+        return Source("embedded", crop_size=tuple(size), seed=cfg.seed)
+    if cfg.source.startswith("hf:"):
+        return Source("hf", cfg.source, column)
+    p = Path(cfg.source)
+    if not p.is_dir():
+        raise FileNotFoundError(f"source={cfg.source!r}: no such folder (expected \"embedded\", a folder "
+                                "of images, a saved dataset or hf:NAME)")
+    is_hf = any((p / f).is_file() for f in ("dataset_dict.json", "state.json")) or \
+        any(p.rglob("*.parquet")) or any(p.rglob("*.arrow"))
+    return Source("hf" if is_hf else "folder", str(p), column)
+
+
+def main(cfg: PrepareConfig) -> dict:
+    """Tokenize `cfg.source` into `cfg.out`; returns the corpus manifest (corpus.json)."""
     from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--source", required=True, help='"embedded", a folder, a saved dataset or hf:NAME')
-    ap.add_argument("--out", required=True, help="corpus directory to write (or resume)")
-    ap.add_argument("--tokenizer", help="a saved tokenizer directory (overrides the options below)")
-    ap.add_argument("--quality", type=int, default=25)
-    ap.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("HEIGHT", "WIDTH"))
-    ap.add_argument("--subsampling", default="4:2:0")
-    ap.add_argument("--order", default="raster")
-    ap.add_argument("--train_crops", type=int, default=8000, help="embedded source: train crops")
-    ap.add_argument("--val_crops", type=int, default=512, help="embedded source: val crops")
-    ap.add_argument("--val_fraction", type=float, default=0.05)
-    ap.add_argument("--image_column")
-    ap.add_argument("--shard_size", type=int, default=1000)
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if a.tokenizer:
-        tok = load_tokenizer(a.tokenizer)
+    if not cfg.out:
+        raise ValueError("out: expected the corpus directory to write, e.g. --out=data/mine")
+    if cfg.tokenizer:
+        tok = load_tokenizer(cfg.tokenizer)
     else:
-        tok = JpegDctTokenizer(JpegDctConfig(quality=a.quality, size=tuple(a.size),
-                                             subsampling=a.subsampling, order=a.order))
-    size = tok.size or tuple(a.size)
-    if a.source == "embedded":
-        src = Source("embedded", crop_size=tuple(size), seed=a.seed)
-    elif a.source.startswith("hf:"):
-        src = Source("hf", a.source, a.image_column)
-    else:
-        p = Path(a.source)
-        if not p.is_dir():
-            raise SystemExit(f"{p}: no such folder")
-        is_hf = any((p / f).is_file() for f in ("dataset_dict.json", "state.json")) or \
-            any(p.rglob("*.parquet")) or any(p.rglob("*.arrow"))
-        src = Source("hf" if is_hf else "folder", str(p), a.image_column)
-    manifest = prepare(src, a.out, tok, a.train_crops, a.val_crops, a.val_fraction, a.shard_size,
-                       a.workers, progress=sys.stderr.isatty())
+        tok = JpegDctTokenizer(JpegDctConfig(quality=cfg.quality, size=cfg.size, subsampling=cfg.subsampling,
+                                             order=cfg.order))
+    src = source_of(cfg, tok.size or cfg.size)
+    return prepare(src, cfg.out, tok, cfg.train_crops, cfg.val_crops, cfg.val_fraction, cfg.shard_size,
+                   cfg.workers or None, progress=sys.stderr.isatty())
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    manifest = run(main, PrepareConfig, argv)
     print(summary(manifest))
     return manifest
 

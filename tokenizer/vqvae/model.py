@@ -23,28 +23,18 @@ QUANTIZERS = ("ema", "straight_through")
 
 @dataclass(frozen=True)
 class VqConfig:
-    """Settings of a VQ-VAE tokenizer; saved with it.
+    """Settings of a VQ-VAE tokenizer; saved with it."""
 
-    size: (height, width) images are fitted to (scale to cover, crop the middle), or None to keep
-        an input's size (then it must be a multiple of `downsample`).
-    downsample: 4 or 8 (pixels per latent cell along each side).
-    codebook_size: number of codes K (256..4096); code_dim: their dimension.
-    channels: width of the conv trunk. quantizer: "ema" or "straight_through".
-    beta: commitment loss weight. ema_decay: codebook EMA decay.
-    dead_threshold: a code whose running usage (EMA of assignments per step) is below this restarts.
-    max_grid: largest latent rows / cols a header can name.
-    """
-
-    size: tuple[int, int] | None = (64, 64)
-    downsample: int = 4
-    codebook_size: int = 512
-    code_dim: int = 32
-    channels: int = 64
-    quantizer: str = "ema"
-    beta: float = 0.25
-    ema_decay: float = 0.99
-    dead_threshold: float = 0.01
-    max_grid: int = 128
+    size: tuple[int, int] | None = (64, 64)  # (height, width) images are fitted to; none = keep each size
+    downsample: int = 4           # 4 or 8 pixels per latent cell along each side (sizes are multiples)
+    codebook_size: int = 512      # number of codes K (256..4096)
+    code_dim: int = 32            # dimension of a code
+    channels: int = 64            # width of the conv trunk
+    quantizer: str = "ema"        # "ema" or "straight_through"
+    beta: float = 0.25            # commitment loss weight
+    ema_decay: float = 0.99       # codebook EMA decay
+    dead_threshold: float = 0.01  # a code whose running usage (EMA of assignments per step) is below restarts
+    max_grid: int = 128           # largest latent rows / cols a header can name
 
     def __post_init__(self) -> None:
         if self.size is not None:

@@ -3,14 +3,13 @@
     python -m tokenizer.vqvae.train --out data/vq512 --codebook_size 512 --downsample 4 --steps 600
     python -m tokenizer.vqvae.train --out data/vq_photos --source photos/ --size 64 64
 
-Every VqConfig and VqTrainConfig field is a flag. Writes the tokenizer (vqvae.safetensors +
-tokenizer.json), `report.json` (val PSNR, codebook usage, perplexity, losses) and `recon.png`
-(val originals above their reconstructions).
+Every VqConfig and VqTrainConfig field is a key (`--help` lists them). Writes the tokenizer
+(vqvae.safetensors + tokenizer.json), `report.json` (val PSNR, codebook usage, perplexity, losses)
+and `recon.png` (val originals above their reconstructions).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -26,6 +25,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from tokenizer.base import write_json_atomic
+from tokenizer.cli import run
 from tokenizer.vqvae.model import VqConfig, VqVae, psnr
 from tokenizer.vqvae.tokenizer import VqVaeTokenizer
 
@@ -34,17 +34,17 @@ log = logging.getLogger("tokenizer.vqvae.train")
 
 @dataclass(frozen=True)
 class VqTrainConfig:
-    out: str = "data/vqvae"
+    out: str = "data/vqvae"       # directory to save the tokenizer, report.json and recon.png to
     source: str = "embedded"      # "embedded" or a folder of images
-    steps: int = 600
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    warmup: int = 20
+    steps: int = 600              # optimizer steps
+    batch_size: int = 16          # crops per step
+    learning_rate: float = 2e-3   # peak Adam learning rate (warmup, then cosine decay to a tenth)
+    warmup: int = 20              # linear warmup steps
     train_crops: int = 2048       # crops made once up front (embedded: deterministic crops)
-    val_crops: int = 64
-    seed: int = 0
+    val_crops: int = 64           # crops PSNR and codebook usage are measured on
+    seed: int = 0                 # crops and initialization
     num_threads: int = 0          # torch CPU threads; 0 = torch's default
-    log_interval: int = 50
+    log_interval: int = 50        # steps between log lines
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "train_crops", "val_crops", "log_interval"):
@@ -171,32 +171,23 @@ def recon_grid(tok: VqVaeTokenizer, px: np.ndarray, pad: int = 2) -> Image.Image
     return grid
 
 
-def _add_flags(ap: argparse.ArgumentParser, cls: type) -> None:
-    for f in dataclasses.fields(cls):
-        default = f.default
-        if f.name == "size":
-            ap.add_argument("--size", type=int, nargs=2, default=list(default), metavar=("H", "W"))
-        elif isinstance(default, bool):
-            ap.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), default=default)
-        else:
-            ap.add_argument(f"--{f.name}", type=type(default), default=default)
+@dataclass(frozen=True)
+class VqRun:
+    vq: VqConfig = VqConfig()     # the tokenizer's settings (saved with it)
+    train: VqTrainConfig = VqTrainConfig()  # how it is trained
 
 
-def cli(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(prog="python -m tokenizer.vqvae.train",
-                                 description="Train a VQ-VAE tokenizer.")
-    _add_flags(ap, VqConfig)
-    _add_flags(ap, VqTrainConfig)
-    a = vars(ap.parse_args(argv))
-    names = {f.name for f in dataclasses.fields(VqConfig)}
-    config = VqConfig(**{k: (tuple(v) if k == "size" else v) for k, v in a.items() if k in names})
-    tcfg = VqTrainConfig(**{k: v for k, v in a.items() if k not in names})
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def main(run_cfg: VqRun) -> VqReport:
+    config, tcfg = run_cfg.vq, run_cfg.train
     _, r = train(config, tcfg)
     print(f"VQ-VAE {config.codebook_size} codes, /{config.downsample}: val PSNR {r.val_psnr:.2f} dB, "
           f"codebook usage {r.codebook_usage:.2f}, perplexity {r.perplexity:.1f}, {r.restarts} code "
           f"restarts, {r.seconds:.0f} s; saved to {tcfg.out}")
+    return r
+
+
+def cli(argv: list[str] | None = None) -> VqReport:
+    return run(main, VqRun, argv)
 
 
 if __name__ == "__main__":
