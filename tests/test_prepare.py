@@ -16,7 +16,7 @@ from PIL import Image
 
 from tokenizer import JpegDctConfig, JpegDctTokenizer
 from tokenizer.corpus.embedded import SPLITS, crops, photo_path
-from tokenizer.corpus.prepare import Source, cli, prepare
+from tokenizer.corpus.prepare import Source, cli, plan_items, prepare
 from tokenizer.corpus.shards import Corpus
 from tokenizer.jpeg.io import read_coefficients
 
@@ -164,3 +164,17 @@ def test_corpus_json_counts_match_shards(tmp_path):
         assert all(s[i].ids[0] == s[i].ids[0] == JpegDctTokenizer().bos_id for i in range(len(s)))
     assert not list(tmp_path.rglob("*.tmp"))
     assert os.path.getsize(tmp_path / "train" / "shard-00000.safetensors") > 0
+
+
+def test_a_folder_of_two_or_more_images_always_gets_a_val_image(tmp_path):
+    for n in range(1, 41):
+        d = tmp_path / f"f{n}"
+        d.mkdir()
+        names = [f"img{i}.jpg" for i in range(n)]
+        for name in names:
+            (d / name).write_bytes(b"")   # the plan only lists files
+        items = plan_items(Source("folder", str(d)), 0, 0, 0.05)
+        assert sorted(items["train"] + items["val"]) == sorted(names)
+        assert len(items["val"]) >= 1 if n >= 2 else items["val"] == []
+        assert len(items["train"]) >= 1
+        assert plan_items(Source("folder", str(d)), 0, 0, 0.0)["val"] == []   # val_fraction 0: none
