@@ -244,5 +244,5 @@ def test_the_readme_ddp_line_runs_as_written(corpus_dir, tmp_path, monkeypatch):
     single = train.main(parse_config(TrainConfig, args + small + [f"--out_dir={tmp_path / 'one'}"]))
     ddp = logged_train_losses(tmp_path / "ddp")
     assert sorted(ddp) == [0, 1, 2]
-    for it, loss in ddp.items():  # each process took half of every micro-batch's rows
-        assert loss == pytest.approx(single.train_loss[it], abs=1e-5)
+    for it, loss in ddp.items():  # each process took half of every micro-batch's rows (log.csv: 6 decimals)
+        assert loss == pytest.approx(single.train_loss[it], abs=3e-6)
