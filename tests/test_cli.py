@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -165,3 +166,24 @@ def test_every_entry_point_runs_through_the_shared_helper():
         assert "argparse" not in text and "SystemExit(f" not in text, path
         if re.search(r'^if __name__ == "__main__":', text, re.M):
             assert re.search(r"(return|=) run\(", text), path
+
+
+def test_every_readme_command_parses(monkeypatch):
+    """Each `python train.py / sample.py / -m ...` command in the README builds its config as written."""
+    monkeypatch.chdir(ROOT)
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    commands = [c for b in blocks for line in b.splitlines() for c in line.split(" # ")[0].split("&&")]
+    commands += re.findall(r"`(python [^`]+)`", text)
+    seen = set()
+    for command in commands:
+        argv = shlex.split(command)
+        if "python" not in argv or "torchrun" in argv or "--help" in argv:
+            continue
+        argv = argv[argv.index("python"):]
+        n = 3 if argv[1] == "-m" else 2
+        prog = " ".join(argv[:n])
+        if prog in ENTRY_POINTS:
+            parse_config(ENTRY_POINTS[prog][1], argv[n:])
+            seen.add(prog)
+    assert seen == set(ENTRY_POINTS)
