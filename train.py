@@ -73,7 +73,7 @@ def ensure_corpus(cfg: TrainConfig) -> Corpus:
         manifest = prepare.main(replace(cfg.prepare, out=cfg.data_dir))
         log.info("%s", prepare.summary(manifest))
     corpus = Corpus(cfg.data_dir)
-    if "val" not in corpus.splits or corpus.split("val").lengths.size == 0:
+    if "val" not in corpus.splits or len(corpus.split("val")) == 0:
         raise ValueError(f"data_dir={cfg.data_dir!r}: the corpus has no val split, which training evaluates "
                          f"on; tokenize it again with a val share (prepare's val_fraction or val_crops)")
     return corpus
