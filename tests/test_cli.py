@@ -19,6 +19,7 @@ from dctgpt.config import TrainConfig
 from tokenizer.bpe import train as bpe_train
 from tokenizer.cli import keys, parse_config
 from tokenizer.corpus import clips, embedded, prepare
+from tokenizer.jpeg import reference
 from tokenizer.vqvae import train as vq_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ ENTRY_POINTS = {   # the command, its cli(argv) and the config class it parses
     "python -m tokenizer.corpus.prepare": (prepare.cli, prepare.PrepareConfig),
     "python -m tokenizer.corpus.embedded": (embedded.cli, embedded.ExportConfig),
     "python -m tokenizer.corpus.clips": (clips.cli, clips.ClipsConfig),
+    "python -m tokenizer.jpeg.reference": (reference.cli, reference.ReferenceConfig),
     "python -m tokenizer.bpe.train": (bpe_train.cli, bpe_train.BpeTrainConfig),
     "python -m tokenizer.vqvae.train": (vq_train.cli, vq_train.VqRun),
     "python -m dctgpt.evaluate": (evaluate.cli, evaluate.EvaluateConfig),
@@ -168,10 +170,11 @@ def test_every_entry_point_runs_through_the_shared_helper():
             assert re.search(r"(return|=) run\(", text), path
 
 
-def test_every_readme_command_parses(monkeypatch):
-    """Each `python train.py / sample.py / -m ...` command in the README builds its config as written."""
+def test_every_documented_command_parses(monkeypatch):
+    """Each `python train.py / sample.py / -m ...` command in the README and docs/ builds its config."""
     monkeypatch.chdir(ROOT)
-    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(p.read_text() for p in docs).replace("\\\n", " ")
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     commands = [c for b in blocks for line in b.splitlines() for c in line.split(" # ")[0].split("&&")]
     commands += re.findall(r"`(python [^`]+)`", text)

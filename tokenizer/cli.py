@@ -346,15 +346,15 @@ def one_line(e: BaseException) -> str:
 def run(main: Callable[[C], R], cls: type[C], argv: list[str] | None = None) -> R:
     """Parse argv into `cls` and call `main`; --help prints every key; a user error is one line, exit 2."""
     argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        try:
-            print(help_text(cls, prog_of(main), sys.modules[main.__module__].__doc__ or ""), flush=True)
-        except BrokenPipeError:   # --help | head
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if "-h" in argv or "--help" in argv:
+            print(help_text(cls, prog_of(main), sys.modules[main.__module__].__doc__ or ""), flush=True)
+            raise SystemExit(0)
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
         return main(parse_config(cls, argv))
+    except BrokenPipeError:   # the output went to `head` or the like, which has stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0 if "-h" in argv or "--help" in argv else 1) from None
     except USER_ERRORS as e:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise

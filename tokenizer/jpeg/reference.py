@@ -18,12 +18,13 @@ its own.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 from tokenizer.base import TokenizerError, TokenSequence
+from tokenizer.cli import run
 from tokenizer.jpeg.codec import parse_header
 from tokenizer.jpeg.format import EOB_FREQ, HEADER_LEN, Vocab, header_ids, header_positions
 from tokenizer.jpeg.io import SUBSAMPLINGS, Coefficients, block_grid, sampling_factors
@@ -292,24 +293,32 @@ def describe(vocab: Vocab, seq: TokenSequence) -> str:
     return "\n".join(lines)
 
 
-def cli(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Print an image's JPEG-DCT tokens, one per line, coded by "
-                                             "this plain encoder (checked against the fast one).")
-    ap.add_argument("--image", help="an image file (default: crop 0 of the embedded corpus' val split)")
-    ap.add_argument("--size", type=int, nargs=2, default=[16, 16], metavar=("HEIGHT", "WIDTH"))
-    ap.add_argument("--quality", type=int, default=25)
-    ap.add_argument("--subsampling", default="4:2:0", choices=list(SUBSAMPLINGS))
-    ap.add_argument("--order", default="raster", choices=["raster", "coarse_to_fine"])
-    a = ap.parse_args(argv)
+@dataclass(frozen=True)
+class ReferenceConfig:
+    image: str = ""               # an image file; "" = crop 0 of the embedded corpus' val split
+    size: tuple[int, int] = (16, 16)  # (height, width) the image is fitted to
+    quality: int = 25             # JPEG quality it is encoded at
+    subsampling: str = "4:2:0"    # "4:4:4", "4:2:2", "4:2:0" or "gray"
+    order: str = "raster"         # block order: "raster" or "coarse_to_fine"
+
+
+def main(cfg: ReferenceConfig) -> TokenSequence:
+    """Print an image's JPEG-DCT tokens, one per line, coded by this plain encoder (checked against the
+    fast one)."""
     from tokenizer.corpus.embedded import crops
     from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
-    tok = JpegDctTokenizer(JpegDctConfig(quality=a.quality, size=tuple(a.size), subsampling=a.subsampling,
-                                         order=a.order))
-    media = a.image if a.image else next(crops("val", 1, tuple(a.size))).pixels
-    coef = tok.coefficients(media, a.image or "val crop 0")
-    seq = encode_coefficients(tok.vocab, coef, a.order, tok.config.bands)
+    tok = JpegDctTokenizer(JpegDctConfig(quality=cfg.quality, size=cfg.size, subsampling=cfg.subsampling,
+                                         order=cfg.order))
+    media = cfg.image if cfg.image else next(crops("val", 1, cfg.size)).pixels
+    coef = tok.coefficients(media, cfg.image or "val crop 0")
+    seq = encode_coefficients(tok.vocab, coef, cfg.order, tok.config.bands)
     assert seq == tok.encode_coefficients(coef), "the fast codec disagrees with the reference"
     print(describe(tok.vocab, seq))
+    return seq
+
+
+def cli(argv: list[str] | None = None) -> TokenSequence:
+    return run(main, ReferenceConfig, argv)
 
 
 if __name__ == "__main__":
