@@ -70,7 +70,8 @@ def ensure_corpus(cfg: TrainConfig) -> Corpus:
                                     f"recipe to make one (or run python -m tokenizer.corpus.prepare "
                                     f"--out={cfg.data_dir} ...)")
         log.info("tokenizing the corpus into %s", cfg.data_dir)
-        manifest = prepare.main(replace(cfg.prepare, out=cfg.data_dir))
+        # all of the corpus in this process, whatever torchrun's or SLURM's environment says
+        manifest = prepare.main(replace(cfg.prepare, out=cfg.data_dir, part=0, parts=1))
         log.info("%s", prepare.summary(manifest))
     corpus = Corpus(cfg.data_dir)
     if "val" not in corpus.splits or len(corpus.split("val")) == 0:

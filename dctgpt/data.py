@@ -1,12 +1,18 @@
 """Training rows from a tokenized corpus split: images packed into rows of `block_size` tokens.
 
+    split = Corpus("data/embedded64").split("train")
+    batch = Packer(split, block_size=768, pad_id=split.tokenizer.pad_id).batch(8, [seed, it, 0])
+
 A row starts at the beginning of a randomly chosen image (or, for an image longer than a row, at a
 random window inside it) and runs on through the following images of the split. `doc` tells the
 images in a row apart, so attention stays within each image, and a target that would cross into the
 next image (or into padding) is `ignore_index`.
 
-Every row is a pure function of its seed: the batch of iteration `it`, micro-step `m` comes from
-`seed, it, m`, so a resumed (or distributed) run reads exactly the rows of the uninterrupted one.
+The packer indexes images, not tokens: it reads each row's ids from the split's memory-mapped shards
+and asks the tokenizer for their positions (`Tokenizer.positions`), so nothing it holds grows with
+the corpus. Every row is a pure function of its seed: the batch of iteration `it`, micro-step `m`
+comes from `seed, it, m`, so a resumed (or distributed) run reads exactly the rows of the
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tokenizer.base import POSITION_FIELDS
 from tokenizer.corpus.shards import CorpusSplit
 
 
@@ -38,24 +45,29 @@ class Packer:
     def __init__(self, split: CorpusSplit, block_size: int, pad_id: int, ignore_index: int = -1):
         if len(split) == 0:
             raise ValueError("Packer: the corpus split holds no sequences")
+        if split.tokenizer is None:
+            raise ValueError("Packer: the split has no tokenizer to recompute positions")
         self.split, self.block_size = split, block_size
         self.pad_id, self.ignore_index = pad_id, ignore_index
-        self.doc_of_token = np.repeat(np.arange(len(split), dtype=np.int64), split.lengths)
 
     def row(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One row of T + 1 tokens: ids (T+1,), positions (T+1, 5), doc (T+1,)."""
         n = self.block_size + 1
-        i = int(rng.integers(len(self.split)))
-        start, length = int(self.split.offsets[i]), int(self.split.lengths[i])
-        if length > n:
-            start += int(rng.integers(length - n + 1))
-        end = min(start + n, len(self.split.ids))
         ids = np.full(n, self.pad_id, np.int64)
-        pos = np.zeros((n, 5), np.int64)
+        pos = np.zeros((n, len(POSITION_FIELDS)), np.int64)
         doc = np.full(n, -1, np.int64)
-        ids[:end - start] = self.split.ids[start:end]
-        pos[:end - start] = self.split.positions[start:end]
-        doc[:end - start] = self.doc_of_token[start:end]
+        i = int(rng.integers(len(self.split)))
+        start, length = 0, self.split.length(i)
+        if length > n:
+            start = int(rng.integers(length - n + 1))
+        filled = 0
+        while filled < n and i < len(self.split):
+            seq = self.split[i]                           # ids from the map, positions recomputed
+            take = min(n - filled, len(seq) - start)
+            ids[filled:filled + take] = seq.ids[start:start + take]
+            pos[filled:filled + take] = seq.positions[start:start + take]
+            doc[filled:filled + take] = i
+            filled, i, start = filled + take, i + 1, 0
         return ids, pos, doc
 
     def batch(self, batch_size: int, seed: list[int]) -> Batch:
@@ -71,4 +83,4 @@ class Packer:
 
     @property
     def mean_tokens_per_image(self) -> float:
-        return float(self.split.lengths.mean())
+        return self.split.n_tokens / len(self.split)

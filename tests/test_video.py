@@ -182,7 +182,7 @@ def test_video_corpus_of_camera_pans(video_corpus):
     corpus = Corpus(d)
     assert corpus.tokenizer().config == tok.config and len(corpus.split("train")) == 6
     assert corpus.split("train")[0] == tok.encode(clips["train"][0])
-    assert corpus.split("val").positions[:, 0].max() == 2                 # frame index 0..2
+    assert corpus.split("val")[0].positions[:, 0].max() == 2              # frame index 0..2
 
 
 def test_train_main_runs_on_video_tokens(video_corpus, tmp_path):

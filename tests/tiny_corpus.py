@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tokenizer import JpegDctConfig, JpegDctTokenizer
-from tokenizer.corpus.shards import write_shard
+from tokenizer.corpus.shards import write_index, write_shard
 
 
 def synthetic_image(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -27,14 +26,13 @@ def make_corpus(directory: Path, n_train: int = 24, n_val: int = 6, size: int = 
     """Tokenize synthetic images into a Corpus directory (the layout of tokenizer/corpus/shards.py)."""
     tok = JpegDctTokenizer(JpegDctConfig(quality=quality, size=(size, size)))
     rng = np.random.default_rng(0)
-    meta = {"splits": {}}
+    shards = {}
     for split, n in (("train", n_train), ("val", n_val)):
         (directory / split).mkdir(parents=True, exist_ok=True)
         seqs = [tok.encode(synthetic_image(rng, size)) for _ in range(n)]
-        counts = write_shard(directory / split / "shard-00000.safetensors", seqs)
-        meta["splits"][split] = {"shards": ["shard-00000.safetensors"], **counts}
+        shards[split] = [write_shard(directory / split / "shard-00000.safetensors", seqs, tok.vocab_size)]
     tok.save(directory / "tokenizer")
-    (directory / "corpus.json").write_text(json.dumps(meta))
+    write_index(directory, tok, shards)
     return tok
 
 

@@ -111,6 +111,18 @@ class Tokenizer(abc.ABC):
                subsampling: str | None = None) -> TokenSequence:
         """BOS and the header of a stream of this size: a prompt for unconditional sampling."""
 
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """(T, 5) int32 positions of the complete stream `ids`: those `encode` gave it.
+
+        Corpora store ids only; training recomputes positions through this. The default walks the
+        grammar (a Python step per token); a tokenizer with a vectorized walk overrides it.
+        """
+        g = self.grammar()
+        rows = [g.push(int(t)) for t in np.asarray(ids)]
+        if not g.done:
+            raise TokenizerError(f"a stream of {len(rows)} tokens ends before its end token")
+        return np.array(rows, np.int32).reshape(-1, len(POSITION_FIELDS))
+
     @property
     def size(self) -> tuple[int, int] | None:
         """(height, width) every input is brought to, or None when sizes vary."""

@@ -78,6 +78,12 @@ class BpeTokenizer(Tokenizer):
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         return TokenSequence(ids, seq.positions[starts])
 
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Each piece at its first base token's position, from the base stream's vectorized positions."""
+        base = self.to_base(TokenSequence(ids, np.zeros((len(ids), 5)))).ids
+        lengths = np.array([len(self.expansion[i]) for i in np.asarray(ids)], np.int64)
+        return self.base.positions(base)[np.cumsum(lengths) - lengths]
+
     def to_base(self, seq: TokenSequence) -> TokenSequence:
         if len(seq.ids) and (seq.ids.min() < 0 or seq.ids.max() >= self.vocab_size):
             raise TokenizerError(f"BPE id out of range 0..{self.vocab_size - 1}")

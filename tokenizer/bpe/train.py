@@ -28,10 +28,10 @@ def main(cfg: BpeTrainConfig) -> BpeTokenizer:
         raise ValueError(f"corpus={cfg.corpus!r}: BPE trains on a jpeg_dct corpus, this one is {base.name}")
     train = corpus.split("train")
     n = min(len(train), cfg.max_sequences)
-    tok = BpeTokenizer.train(base, (train[i].ids for i in range(n)), cfg.vocab_size)
+    tok = BpeTokenizer.train(base, (train.ids(i) for i in range(n)), cfg.vocab_size)
     tok.save(cfg.out)
     val = corpus.split("val" if "val" in corpus.splits else "train")
-    base_len = sum(len(val[i]) for i in range(len(val)))
+    base_len = sum(val.length(i) for i in range(len(val)))
     bpe_len = sum(len(tok.from_base(val[i])) for i in range(len(val)))
     print(f"BPE {tok.vocab_size} ids ({asdict(base.config)['order']} base, {base.vocab_size} ids): "
           f"val {base_len / len(val):.1f} -> {bpe_len / len(val):.1f} tokens/image "

@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tokenizer.base import write_json_atomic
 from tokenizer.cli import run
 from tokenizer.corpus.embedded import SPLITS, load_photo
-from tokenizer.corpus.shards import write_shard
+from tokenizer.corpus.shards import write_index, write_shard
 from tokenizer.video.io import read_video, real_clip
 from tokenizer.video.tokenizer import VideoConfig, VideoTokenizer
 
@@ -58,21 +57,14 @@ def write_corpus(out: str | os.PathLike, tok: VideoTokenizer, splits: dict[str, 
                  shard_size: int = 200) -> dict:
     """Tokenize clips per split into shards + corpus.json + tokenizer/ (what train.py reads)."""
     out = Path(out)
-    meta: dict = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "source": "video_corpus", "splits": {}}
+    shards: dict[str, list] = {}
     for split, clips in splits.items():
         (out / split).mkdir(parents=True, exist_ok=True)
-        entry = {"shards": [], "sequences": 0, "tokens": 0, "skipped": []}
-        for s in range(0, len(clips), shard_size):
-            name = f"shard-{s // shard_size:05d}.safetensors"
-            counts = write_shard(out / split / name, [tok.encode(c) for c in clips[s:s + shard_size]])
-            entry["shards"].append(name)
-            entry["sequences"] += counts["sequences"]
-            entry["tokens"] += counts["tokens"]
-        meta["splits"][split] = entry
+        shards[split] = [write_shard(out / split / f"shard-{s // shard_size:05d}.safetensors",
+                                     [tok.encode(c) for c in clips[s:s + shard_size]], tok.vocab_size)
+                         for s in range(0, len(clips), shard_size)]
     tok.save(out / "tokenizer")
-    meta["bytes"] = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
-    write_json_atomic(out / "corpus.json", meta)
-    return meta
+    return write_index(out, tok, shards, "video_corpus")
 
 
 @dataclass(frozen=True)

@@ -3,215 +3,204 @@
     python -m tokenizer.corpus.prepare --source embedded --out data/embedded64 --size 64 64 --quality 25
     python -m tokenizer.corpus.prepare --source photos/ --out data/photos \
         --tokenizer data/embedded64/tokenizer
-    python -m tokenizer.corpus.prepare --source hf:some/dataset --out data/hf   # datasets.load_dataset
-    python -m tokenizer.corpus.prepare --source hf:photos/ --out data/hf        # an imagefolder dataset
+    python -m tokenizer.corpus.prepare --source hf:some/dataset --out data/hf --streaming
+    # the same command as N parts on N machines, one corpus (or torchrun ranks, a SLURM job array):
+    python -m tokenizer.corpus.prepare --source /shared/parquet --streaming --out /shared/corpus \
+        --part 3 --parts 16
+    # the index, if no part could write it: the same command with --merge
 
-Sources: "embedded" (photos in the scikit-image / scikit-learn wheels, train and val crops from
-different photos); a folder of images (val chosen by a stable hash of each relative path); a
-Hugging Face dataset saved locally (save_to_disk output, parquet or arrow files), "hf:NAME" for
-anything `datasets.load_dataset` takes, or "hf:FOLDER" for an imagefolder dataset; any image column.
+Sources (tokenizer.corpus.sources): "embedded" (photos in the scikit-image / scikit-learn wheels),
+a folder of images, a Hugging Face dataset saved locally (save_to_disk output, parquet or arrow
+files), "hf:NAME" for anything `datasets.load_dataset` takes, or "hf:FOLDER" for an imagefolder;
+`--streaming` reads a Hugging Face source as a stream, so its images never sit on local disk.
 
-Work is cut into shards planned up front; shards are tokenized in parallel processes and each is
-written whole (temporary name, then rename), so a killed run resumes where it stopped. A file that
-cannot be tokenized is skipped with a one-line warning naming it, never aborting the run.
+The work is cut into jobs planned the same way by every part: `shard_size` items of a map-style
+source, or one input shard of a streaming dataset. Part i of N runs the jobs j with j % N == i in
+local worker processes; a job writes its shards whole (temporary name, then rename) and then its
+record, jobs/job-J.json. Parts share nothing but the output directory: whichever part finds every
+record present writes the corpus index (corpus.json); the same command with `--merge` writes it. A
+killed part loses only the jobs it was running; rerunning it skips every job with a record. A file
+that cannot be tokenized is skipped with a one-line warning naming it, never aborting the run.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
 from tqdm import tqdm
 
-from tokenizer.base import load_tokenizer, write_json_atomic
+from tokenizer.base import Tokenizer, load_tokenizer, read_config, write_json_atomic
 from tokenizer.cli import run
-from tokenizer.corpus.shards import write_shard
+from tokenizer.corpus.shards import (
+    FORMAT,
+    CorpusFormatError,
+    ShardInfo,
+    ids_dtype,
+    rebuild_hint,
+    write_index,
+    write_shard,
+)
+from tokenizer.corpus.sources import IMAGE_EXTS, Reader, Source, hash_fraction, plan_items, plan_streams
 
+__all__ = ["IMAGE_EXTS", "PrepareConfig", "Source", "cli", "main", "merge", "part_from_env", "plan_items",
+           "prepare", "source_of", "summary"]
 log = logging.getLogger("tokenizer.corpus.prepare")
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+SPLITS = ("train", "val")
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where images come from; picklable so each worker process can reopen it."""
+def plan_jobs(src: Source, train_crops: int, val_crops: int, val_fraction: float,
+              shard_size: int) -> list[dict]:
+    """Every job of the corpus, in order; the same list in every part, whatever the number of parts.
 
-    kind: str                    # "embedded" | "folder" | "hf"
-    path: str = ""
-    image_column: str | None = None
-    crop_size: tuple[int, int] = (64, 64)
-    seed: int = 0
-
-
-def plan_items(src: Source, train_crops: int, val_crops: int, val_fraction: float) -> dict[str, list]:
-    """Per split, the list of item references (crop index, file path or row key), deterministic."""
-    if src.kind == "embedded":
-        return {"train": list(range(train_crops)), "val": list(range(val_crops))}
-    if src.kind == "folder":
-        root = Path(src.path)
-        files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise FileNotFoundError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTS))})")
-        return _hash_split(files, val_fraction)
-    splits = _hf_splits(src)
-    names = list(splits)
-    if len(names) > 1:
-        val = next((n for n in ("validation", "val", "test") if n in names), None)
-        train = "train" if "train" in names else next(n for n in names if n != val)
-        if val is not None:
-            return {"train": [[train, i] for i in range(len(splits[train]))],
-                    "val": [[val, i] for i in range(len(splits[val]))]}
-    name = names[0] if len(names) == 1 else ("train" if "train" in names else names[0])
-    return _hash_split([[name, i] for i in range(len(splits[name]))], val_fraction)
+    A job is {"index", "split", "refs"} (items of a map-style plan, all in one split) or
+    {"index", "split", "stream", "val_fraction"} (one input shard; split None: each item by hash).
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size={shard_size}: expected >= 1")
+    jobs: list[dict] = []
+    if src.streaming:
+        for split, name, shard in plan_streams(src):
+            jobs.append({"index": len(jobs), "split": split, "stream": [name, shard],
+                         "val_fraction": val_fraction})
+        return jobs
+    for split, refs in plan_items(src, train_crops, val_crops, val_fraction).items():
+        for s in range(0, len(refs), shard_size):
+            jobs.append({"index": len(jobs), "split": split, "refs": refs[s:s + shard_size]})
+    return jobs
 
 
-def _hash_split(items: list, val_fraction: float) -> dict[str, list]:
-    fracs = [int(hashlib.md5(json.dumps(i).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for i in items]
-    val = {k for k, f in enumerate(fracs) if f < val_fraction}
-    if val_fraction > 0 and len(items) >= 2 and not val:   # a small folder can hash nothing into val:
-        val = {fracs.index(min(fracs))}                    # then the lowest hash goes there
-    return {"train": [i for k, i in enumerate(items) if k not in val],
-            "val": [i for k, i in enumerate(items) if k in val]}
+def _record(out: Path, index: int) -> Path:
+    return out / "jobs" / f"job-{index:05d}.json"
 
 
-def _hf_splits(src: Source) -> dict:
-    """name -> datasets.Dataset for a local saved dataset, parquet/arrow files or a load_dataset name."""
-    import datasets
-
-    p = Path(src.path)
-    if src.path.startswith("hf:"):
-        name = src.path[3:]
-        ds = (datasets.load_dataset("imagefolder", data_dir=name) if Path(name).is_dir()
-              else datasets.load_dataset(name))
-    elif (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
-        ds = datasets.load_from_disk(str(p))
-    else:
-        for fmt, ext in (("parquet", "parquet"), ("arrow", "arrow")):
-            files = sorted(str(f) for f in p.rglob(f"*.{ext}"))
-            if files:
-                ds = datasets.load_dataset(fmt, data_files=files)
-                break
-        else:
-            raise FileNotFoundError(f"{p}: neither a saved dataset nor parquet/arrow files")
-    return dict(ds) if isinstance(ds, datasets.DatasetDict) else {"train": ds}
-
-
-def _image_column(ds: Any, wanted: str | None, where: str) -> str:
-    import datasets
-
-    if wanted is not None:
-        if wanted not in ds.column_names:
-            raise ValueError(f"{where}: no column {wanted!r}; columns are {ds.column_names}")
-        return wanted
-    for name, feature in ds.features.items():
-        if isinstance(feature, datasets.Image):
-            return name
-    for name in ("image", "img", "jpg", "png"):
-        if name in ds.column_names:
-            return name
-    raise ValueError(f"{where}: no image column among {ds.column_names}; pass --image_column")
+def _claim(out: Path, tokenizer: Tokenizer, plan: dict) -> None:
+    """Write plan.json and tokenizer/ once for all parts (atomically, first part wins), then check
+    that what is there was made with this part's settings."""
+    path, tok_dir = out / "plan.json", out / "tokenizer"
+    if not path.is_file():
+        tmp = out / f"tokenizer.tmp{os.getpid()}"
+        tokenizer.save(tmp)
+        try:
+            os.rename(tmp, tok_dir)              # fails if another part saved it first
+        except OSError:
+            shutil.rmtree(tmp)
+        mine = out / f"plan.json.tmp{os.getpid()}"
+        mine.write_text(json.dumps(plan, indent=2) + "\n")
+        try:
+            os.link(mine, path)                  # create-if-absent, atomic
+        except FileExistsError:
+            pass
+        finally:
+            mine.unlink()
+    there = json.loads(path.read_text())
+    if "format" not in there:
+        raise CorpusFormatError(rebuild_hint(out))
+    saved = read_config(tok_dir)
+    if there != plan or saved != {"name": tokenizer.name, "config": plan["config"]}:
+        raise ValueError(f"{out}: holds a corpus made with other settings ({path}); "
+                         "choose a new --out or delete it")
 
 
-class _Reader:
-    """Opens a Source once per process and returns (name, media) for an item reference."""
-
-    def __init__(self, src: Source):
-        self.src = src
-        self.hf: dict = {}
-
-    def read(self, split: str, ref: Any) -> tuple[str, Any]:
-        src = self.src
-        if src.kind == "embedded":
-            from tokenizer.corpus.embedded import crops
-            crop = next(crops(split, ref + 1, src.crop_size, src.seed, start=ref))
-            return crop.name, crop.pixels
-        if src.kind == "folder":
-            return str(Path(src.path) / ref), Path(src.path) / ref
-        name, row = ref
-        if name not in self.hf:
-            import datasets
-            ds = _hf_splits(src)[name]
-            col = _image_column(ds, src.image_column, src.path)
-            if isinstance(ds.features[col], datasets.Image):
-                ds = ds.cast_column(col, datasets.Image(decode=False))   # raw bytes: JPEGs stay JPEGs
-            self.hf[name] = (ds, col)
-        ds, col = self.hf[name]
-        value = ds[row][col]
-        where = f"{src.path}[{name}][{row}]"
-        if isinstance(value, dict):
-            value = value.get("bytes") or value.get("path")
-        return where, value
+def _items(job: dict, reader: Reader) -> Iterator[tuple[str, str, Any]]:
+    """(corpus split, name for messages, a call returning (name, media)) for every item of a job."""
+    if "refs" in job:
+        for ref in job["refs"]:
+            yield job["split"], str(ref), functools.partial(reader.read, job["split"], ref)
+        return
+    for key, where, media in reader.stream(*job["stream"]):
+        split = job["split"] or ("val" if hash_fraction(key) < job["val_fraction"] else "train")
+        yield split, where, lambda w=where, m=media: (w, m)
 
 
 _WORKER: dict = {}
 
 
-def _tokenize_shard(job: dict) -> dict:
-    """Tokenize one shard's items and write the shard; returns its stats."""
-    if _WORKER.get("key") != (job["tokenizer"], job["source"]):
-        _WORKER.update(key=(job["tokenizer"], job["source"]), tok=load_tokenizer(job["tokenizer"]),
-                       reader=_Reader(Source(**job["source"])))
-    tok, reader = _WORKER["tok"], _WORKER["reader"]
-    seqs, skipped = [], []
-    for ref in job["refs"]:
-        name = str(ref)
+def _run_job(job: dict) -> dict:
+    """Tokenize one job's items into its shards, then write its record; returns the record."""
+    key = (job["out"], json.dumps(job["source"]))
+    if _WORKER.get("key") != key:
+        _WORKER.update(key=key, tok=load_tokenizer(Path(job["out"]) / "tokenizer"),
+                       reader=Reader(Source(**job["source"])))
+    tok, reader, out = _WORKER["tok"], _WORKER["reader"], Path(job["out"])
+    dtype = ids_dtype(tok.vocab_size)
+    shards: dict[str, list] = {s: [] for s in SPLITS}
+    skipped: dict[str, list] = {s: [] for s in SPLITS}
+    pending: dict[str, list] = {s: [] for s in SPLITS}
+
+    def flush(split: str) -> None:
+        name = f"shard-{job['index']:05d}-{len(shards[split]):03d}.safetensors"
+        shards[split].append(asdict(write_shard(out / split / name, pending[split], tok.vocab_size)))
+        pending[split] = []
+
+    for split, name, read in _items(job, reader):
         try:
-            name, media = reader.read(job["split"], ref)
-            seqs.append(tok.encode(media, name))
+            name, media = read()
+            pending[split].append(tok.encode(media, name).ids.astype(dtype))
         except Exception as e:    # a bad file is skipped with its reason, never aborts the run
-            skipped.append([name, f"{type(e).__name__}: {e}".splitlines()[0][:300]])
-    stats = write_shard(job["path"], seqs, metadata={"skipped": json.dumps(skipped)})
-    return {**stats, "split": job["split"], "skipped": skipped, "path": job["path"]}
+            skipped[split].append([name, f"{type(e).__name__}: {e}".splitlines()[0][:300]])
+            continue
+        if len(pending[split]) == job["shard_size"]:
+            flush(split)
+    for split in SPLITS:
+        if pending[split]:
+            flush(split)
+    record = {"job": job["index"], "shards": shards, "skipped": skipped}
+    write_json_atomic(_record(out, job["index"]), record)
+    return record
 
 
-def prepare(src: Source, out: str | os.PathLike, tokenizer: Any, train_crops: int = 8000,
+def prepare(src: Source, out: str | os.PathLike, tokenizer: Tokenizer, train_crops: int = 8000,
             val_crops: int = 512, val_fraction: float = 0.05, shard_size: int = 1000,
-            workers: int | None = None, progress: bool = True) -> dict:
-    """Tokenize `src` into the corpus directory `out`; resumes a killed run with the same plan."""
+            workers: int | None = None, progress: bool = True, *, part: int = 0, parts: int = 1
+            ) -> dict | None:
+    """Tokenize this process's part of `src` into the corpus directory `out`; resumes a killed run.
+
+    Returns the corpus index (what corpus.json holds) when every part's jobs are done, else None
+    (the last part to finish, or `merge(out)`, writes it).
+    """
+    if not 0 <= part < parts:
+        raise ValueError(f"part={part}, parts={parts}: expected 0 <= part < parts")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tok_dir = out / "tokenizer"
-    items = plan_items(src, train_crops, val_crops, val_fraction)
+    for d in ("jobs", *SPLITS):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    jobs = plan_jobs(src, train_crops, val_crops, val_fraction, shard_size)
     plan = json.loads(json.dumps({
-        "source": asdict(src), "tokenizer": tokenizer.name, "config": asdict(tokenizer.config),
-        "shard_size": shard_size, "items": hashlib.sha256(json.dumps(items).encode()).hexdigest()}))
-    plan_path = out / "plan.json"
-    if plan_path.is_file():
-        if json.loads(plan_path.read_text()) != plan:
-            raise ValueError(f"{out}: holds a corpus made with other settings ({plan_path}); "
-                             "choose a new --out or delete it")
-    else:
-        tokenizer.save(tok_dir)
-        write_json_atomic(plan_path, plan)
-    jobs = []
-    for split, refs in items.items():
-        (out / split).mkdir(exist_ok=True)
-        for s in range(0, len(refs), shard_size):
-            path = out / split / f"shard-{s // shard_size:05d}.safetensors"
-            jobs.append({"split": split, "refs": refs[s:s + shard_size], "path": str(path),
-                         "tokenizer": str(tok_dir), "source": asdict(src)})
-    done = [_read_stats(j) for j in jobs if Path(j["path"]).is_file()]
-    todo = [j for j in jobs if not Path(j["path"]).is_file()]
+        "format": FORMAT, "source": asdict(src), "tokenizer": tokenizer.name,
+        "config": asdict(tokenizer.config), "shard_size": shard_size, "jobs": len(jobs),
+        "plan": hashlib.sha256(json.dumps(jobs).encode()).hexdigest()}))
+    _claim(out, tokenizer, plan)
+    common = {"out": str(out), "source": asdict(src), "shard_size": shard_size}
+    todo = [{**j, **common} for j in jobs
+            if j["index"] % parts == part and not _record(out, j["index"]).is_file()]
     workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
-    bar = tqdm(total=sum(len(j["refs"]) for j in jobs), initial=sum(s["sequences"] + len(s["skipped"])
-               for s in done), unit="img", desc="tokenize", disable=not progress or None)
+    total = None if src.streaming else sum(len(j["refs"]) for j in todo)
+    bar = tqdm(total=total, unit="img", desc=f"tokenize {part + 1}/{parts}", disable=not progress or None)
     ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
     with ctx.Pool(workers) if workers > 1 else _Serial() as pool:
-        for stats in pool.imap_unordered(_tokenize_shard, todo):
-            for name, why in stats["skipped"]:
-                log.warning("skipped %s: %s", name, why)
-            bar.update(stats["sequences"] + len(stats["skipped"]))
-            done.append(stats)
+        for record in pool.imap_unordered(_run_job, todo):
+            for split, items in record["skipped"].items():
+                for name, why in items:
+                    log.warning("skipped %s: %s", name, why)
+            bar.update(sum(s["sequences"] for v in record["shards"].values() for s in v)
+                       + sum(len(v) for v in record["skipped"].values()))
     bar.close()
-    return _write_manifest(out, tokenizer, src, jobs, done)
+    missing = [j["index"] for j in jobs if not _record(out, j["index"]).is_file()]
+    if missing:
+        log.info("part %d of %d done; %d jobs of other parts unfinished: the last part (or --merge) "
+                 "writes %s", part, parts, len(missing), out / "corpus.json")
+        return None
+    return merge(out)
 
 
 class _Serial:
@@ -225,30 +214,37 @@ class _Serial:
         return map(fn, jobs)
 
 
-def _read_stats(job: dict) -> dict:
-    with safe_open(job["path"], "numpy") as f:
-        meta = f.metadata() or {}
-        n = f.get_slice("offsets").get_shape()[0] - 1
-        tokens = int(f.get_slice("offsets")[n:n + 1][0]) if n > 0 else 0
-    return {"sequences": n, "tokens": tokens, "split": job["split"], "path": job["path"],
-            "skipped": json.loads(meta.get("skipped", "[]"))}
+def merge(out: str | os.PathLike) -> dict:
+    """Write corpus.json over every job's shards, in job order; FileNotFoundError if a job is unfinished."""
+    out = Path(out)
+    if not (out / "plan.json").is_file():
+        raise FileNotFoundError(f"{out}: no plan.json (not a corpus being prepared)")
+    n = json.loads((out / "plan.json").read_text())["jobs"]
+    missing = [j for j in range(n) if not _record(out, j).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{out}: {len(missing)} of {n} jobs unfinished (jobs {missing[:8]}...); "
+                                "rerun the parts that own them (job j is part j % parts)")
+    shards: dict[str, list[ShardInfo]] = {s: [] for s in SPLITS}
+    skipped: dict[str, list] = {s: [] for s in SPLITS}
+    for j in range(n):
+        record = json.loads(_record(out, j).read_text())
+        for split in SPLITS:
+            shards[split] += [ShardInfo(**s) for s in record["shards"][split]]
+            skipped[split] += record["skipped"][split]
+    source = json.loads((out / "plan.json").read_text())["source"]
+    return write_index(out, load_tokenizer(out / "tokenizer"), shards, source, skipped)
 
 
-def _write_manifest(out: Path, tokenizer: Any, src: Source, jobs: list, done: list) -> dict:
-    by_path = {s["path"]: s for s in done}
-    splits: dict[str, dict] = {}
-    for j in jobs:
-        s = by_path[j["path"]]
-        d = splits.setdefault(j["split"], {"shards": [], "sequences": 0, "tokens": 0, "skipped": []})
-        d["shards"].append(Path(j["path"]).name)
-        d["sequences"] += s["sequences"]
-        d["tokens"] += s["tokens"]
-        d["skipped"] += s["skipped"]
-    nbytes = sum(Path(j["path"]).stat().st_size for j in jobs)
-    manifest = {"tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size, "source": asdict(src),
-                "bytes": nbytes, "splits": splits}
-    write_json_atomic(out / "corpus.json", manifest)
-    return manifest
+def part_from_env(env: dict | None = None) -> tuple[int, int]:
+    """(part, parts) of this process: torchrun's RANK / WORLD_SIZE, a SLURM job array's task id and
+    count, else (0, 1)."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+    return 0, 1
 
 
 def summary(manifest: dict) -> str:
@@ -256,7 +252,9 @@ def summary(manifest: dict) -> str:
     for name, d in manifest["splits"].items():
         per = d["tokens"] / max(1, d["sequences"])
         lines.append(f"{name:6} {d['sequences']:8d} {d['tokens']:11d} {per:8.1f} {len(d['skipped']):8d}")
-    lines.append(f"shards on disk: {manifest['bytes'] / 1e6:.1f} MB; vocab {manifest['vocab_size']}")
+    nbytes, tokens = manifest["bytes"], sum(d["tokens"] for d in manifest["splits"].values())
+    lines.append(f"shards on disk: {nbytes / 1e6:.1f} MB ({nbytes / max(1, tokens):.2f} "
+                 f"bytes/token, {manifest['dtype']} ids); vocab {manifest['vocab_size']}")
     for name, d in manifest["splits"].items():
         for file, why in d["skipped"][:10]:
             lines.append(f"skipped ({name}) {file}: {why}")
@@ -265,7 +263,7 @@ def summary(manifest: dict) -> str:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """Tokenize a corpus: the source, the tokenizer and the split."""
+    """Tokenize a corpus: the source, the tokenizer, the split, and this process's part of the work."""
 
     source: str                   # "embedded", a folder of images, a saved dataset, or hf:NAME / hf:FOLDER
     out: str = ""                 # corpus directory to write (or resume); in a training recipe: data_dir
@@ -278,18 +276,24 @@ class PrepareConfig:
     val_crops: int = 512          # embedded source: val crops
     val_fraction: float = 0.05    # other sources: share of images hashed into val (at least one of 2+)
     image_column: str = ""        # datasets: the image column ("" = found from the features)
+    streaming: bool = False       # datasets: read as a stream (streaming=True), one job per input shard
     shard_size: int = 1000        # images per shard file
-    workers: int = 0              # tokenizing processes; 0 = one per CPU core
+    workers: int = 0              # tokenizing processes; 0 = one per CPU core (shared by local parts)
     seed: int = 0                 # embedded source: which crops
+    part: int = 0                 # this process's part of the work, 0..parts-1
+    parts: int = 0                # processes sharing the work; 0 = torchrun's or a SLURM array's, else 1
+    merge: bool = False           # only write corpus.json over the finished parts (same command + --merge)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction}: expected 0 <= val_fraction < 1")
-        for name in ("train_crops", "val_crops", "workers", "seed"):
+        for name in ("train_crops", "val_crops", "workers", "seed", "part", "parts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 0")
         if self.shard_size < 1:
             raise ValueError(f"shard_size={self.shard_size}: expected >= 1")
+        if self.parts and self.part >= self.parts:
+            raise ValueError(f"part={self.part}: expected 0..parts-1 = 0..{self.parts - 1}")
 
 
 def source_of(cfg: PrepareConfig, size: tuple[int, int]) -> Source:
@@ -298,37 +302,43 @@ def source_of(cfg: PrepareConfig, size: tuple[int, int]) -> Source:
     if cfg.source == "embedded":
         return Source("embedded", crop_size=tuple(size), seed=cfg.seed)
     if cfg.source.startswith("hf:"):
-        return Source("hf", cfg.source, column)
+        return Source("hf", cfg.source, column, streaming=cfg.streaming)
     p = Path(cfg.source)
     if not p.is_dir():
         raise FileNotFoundError(f"source={cfg.source!r}: no such folder (expected \"embedded\", a folder "
                                 "of images, a saved dataset or hf:NAME)")
     is_hf = any((p / f).is_file() for f in ("dataset_dict.json", "state.json")) or \
         any(p.rglob("*.parquet")) or any(p.rglob("*.arrow"))
-    return Source("hf" if is_hf else "folder", str(p), column)
+    return Source("hf" if is_hf else "folder", str(p), column, streaming=cfg.streaming)
 
 
-def main(cfg: PrepareConfig) -> dict:
-    """Tokenize `cfg.source` into `cfg.out`; returns the corpus manifest (corpus.json)."""
+def main(cfg: PrepareConfig) -> dict | None:
+    """Tokenize this process's part of `cfg.source` into `cfg.out`; returns the corpus manifest
+    (corpus.json) once every part is done, else None."""
     from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
 
     if not cfg.out:
         raise ValueError("out: expected the corpus directory to write, e.g. --out=data/mine")
+    if cfg.merge:
+        return merge(cfg.out)
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
     else:
         tok = JpegDctTokenizer(JpegDctConfig(quality=cfg.quality, size=cfg.size, subsampling=cfg.subsampling,
                                              order=cfg.order))
+    part, parts = (cfg.part, cfg.parts) if cfg.parts else part_from_env()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if not cfg.parts else 1
+    workers = cfg.workers or max(1, (os.cpu_count() or 1) // local)
     src = source_of(cfg, tok.size or cfg.size)
     return prepare(src, cfg.out, tok, cfg.train_crops, cfg.val_crops, cfg.val_fraction, cfg.shard_size,
-                   cfg.workers or None, progress=sys.stderr.isatty())
+                   workers, progress=sys.stderr.isatty(), part=part, parts=parts)
 
 
-def cli(argv: list[str] | None = None) -> dict:
+def cli(argv: list[str] | None = None) -> dict | None:
     manifest = run(main, PrepareConfig, argv)
-    print(summary(manifest))
+    print(summary(manifest) if manifest else "this part is done; the last part to finish (or the same "
+          "command with --merge) writes corpus.json")
     return manifest
-
 
 if __name__ == "__main__":
     cli()

@@ -152,6 +152,16 @@ class JpegDctTokenizer(Tokenizer):
     def decode_coefficients(self, seq: TokenSequence) -> Coefficients:
         return decode_coefficients(self.vocab, seq, self.config.order, self.config.bands)
 
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of a complete stream, vectorized: its coefficients coded again. Every stream
+        `encode` makes comes back as the same ids (lossless both ways), so these are its positions."""
+        ids = np.asarray(ids)
+        coef = self.decode_coefficients(TokenSequence(ids, np.zeros((len(ids), 5))))
+        again = self.encode_coefficients(coef)
+        if not np.array_equal(again.ids, ids):
+            raise TokenizerError("the stream decodes, but encode codes its coefficients as other ids")
+        return again.positions
+
     def decode(self, seq: TokenSequence) -> bytes:
         """Token stream in, the bytes of a baseline JPEG file out."""
         coef = self.decode_coefficients(seq)

@@ -120,6 +120,14 @@ class VqVaeTokenizer(Tokenizer):
         return TokenSequence(np.concatenate([hdr.ids, codes.ravel(), [self.eos_id]]),
                              np.concatenate([hdr.positions, body, [[0, 0, 0, 0, 3]]]))
 
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of a complete stream, from its grid header (no walk)."""
+        ids = np.asarray(ids, np.int64)
+        rows, cols = (0, 0) if len(ids) < 4 else (ids[1] - self.grid_h + 1, ids[2] - self.grid_w + 1)
+        if rows < 1 or cols < 1 or len(ids) != 4 + rows * cols:
+            raise TokenizerError(f"a VQ stream of {len(ids)} tokens does not match its grid header")
+        return self.from_codes(ids[3:-1].reshape(rows, cols)).positions
+
     def to_codes(self, seq: TokenSequence) -> np.ndarray:
         """(rows, cols) codes of a complete stream; TokenizerError if it is not one."""
         g = self.grammar()

@@ -71,7 +71,7 @@ def load_images(cfg: VqTrainConfig, size: tuple[int, int]) -> tuple[np.ndarray, 
         train = [c.pixels for c in crops("train", cfg.train_crops, size, cfg.seed)]
         val = [c.pixels for c in crops("val", cfg.val_crops, size, cfg.seed)]
         return np.stack(train), np.stack(val)
-    from tokenizer.corpus.prepare import IMAGE_EXTS
+    from tokenizer.corpus.sources import IMAGE_EXTS
     files = sorted(p for p in Path(cfg.source).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     if len(files) < 2:
         raise FileNotFoundError(f"{cfg.source}: fewer than 2 image files")
