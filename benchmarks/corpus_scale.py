@@ -185,7 +185,7 @@ def main() -> None:
     rss_small = train_peak_rss(small, work / "out-small", a.iters)
     rss_large = train_peak_rss(large, work / "out-large", a.iters)
     print(f"train.py peak RSS ({a.iters} iterations of {RECIPE.name}): small {rss_small:.0f} MB, "
-          f"large {rss_large:.0f} MB: +{rss_large - rss_small:.0f} MB for {times}x the tokens "
+          f"large {rss_large:.0f} MB: {rss_large - rss_small:+.0f} MB for {times}x the tokens "
           f"(target <= +100 MB)")
 
     t = assembly_vs_step(large, steps=5, batches=20)
