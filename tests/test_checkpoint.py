@@ -100,18 +100,21 @@ def test_reader_falls_back_to_ckpt_old(tmp_path):
 
 
 def test_resume_with_another_model_config_is_a_clear_error(tmp_path):
+    from dataclasses import replace
+
     from tiny_corpus import make_corpus
 
     import train  # here, so the killed child processes above need not import it
+    from dctgpt.config import TrainConfig
 
     make_corpus(tmp_path / "corpus")
-    cfg = dict(data_dir=str(tmp_path / "corpus"), out_dir=str(tmp_path / "run"), n_layer=2, n_head=2,
-               n_embd=32, block_size=64, batch_size=2, max_iters=1, eval_interval=1, eval_iters=1,
-               warmup_iters=0, num_threads=1)
-    train.main(train.TrainConfig(**cfg))
+    cfg = TrainConfig(data_dir=str(tmp_path / "corpus"), out_dir=str(tmp_path / "run"), batch_size=2,
+                      max_iters=1, eval_interval=1, eval_iters=1, warmup_iters=0, num_threads=1,
+                      model=GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64))
+    train.main(cfg)
+    resume = replace(cfg, max_iters=2, init_from="resume")
     for key, value in (("n_layer", 3), ("n_embd", 64), ("pos_emb", "learned")):
         with pytest.raises(ValueError, match=f"{key}") as e:
-            train.main(train.TrainConfig(**{**cfg, key: value, "max_iters": 2, "init_from": "resume"}))
+            train.main(replace(resume, model=replace(cfg.model, **{key: value})))
         assert str(tmp_path / "run") in str(e.value)
-    resumed = train.main(train.TrainConfig(**{**cfg, "max_iters": 2, "init_from": "resume"}))
-    assert sorted(resumed.train_loss) == [1]                  # the same config resumes
+    assert sorted(train.main(resume).train_loss) == [1]      # the same configuration resumes

@@ -33,7 +33,7 @@ def test_bpe_train_command_line(tmp_path, capsys):
     assert sum(map(len, merged)) < sum(len(val[i]) for i in range(len(val)))
 
 
-def test_bpe_train_refuses_a_corpus_of_other_tokens(tmp_path):
+def test_bpe_train_refuses_a_corpus_of_other_tokens(tmp_path, capsys):
     from tokenizer.bpe.train import cli
     from tokenizer.corpus.clips import write_corpus
     from tokenizer.video.tokenizer import VideoConfig, VideoTokenizer
@@ -41,8 +41,10 @@ def test_bpe_train_refuses_a_corpus_of_other_tokens(tmp_path):
     frames = [np.full((16, 16, 3), 100, np.uint8)] * 2
     write_corpus(tmp_path / "clips", VideoTokenizer(VideoConfig(size=(16, 16), max_frames=2)),
                  {"train": [frames], "val": [frames]})
-    with pytest.raises((SystemExit, ValueError), match="jpeg_dct corpus, this one is video"):
+    with pytest.raises(SystemExit) as e:
         cli(["--corpus", str(tmp_path / "clips"), "--vocab_size", "2000", "--out", str(tmp_path / "bpe")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and "jpeg_dct corpus, this one is video" in err
     assert not (tmp_path / "bpe").exists()
 
 

@@ -1,12 +1,16 @@
 """train.py's other execution paths: bfloat16 autocast and torch.compile, each against the plain
 float32 eager run of the same configuration."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from tiny_corpus import make_corpus
 
 import train
 from dctgpt import checkpoint
+from dctgpt.config import TrainConfig
+from dctgpt.model import GPTConfig
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +21,10 @@ def corpus_dir(tmp_path_factory):
 
 
 def run(corpus_dir, out_dir, **kw) -> train.TrainResult:
-    cfg = dict(data_dir=str(corpus_dir), out_dir=str(out_dir), n_layer=2, n_head=2, n_embd=32, block_size=32,
-               batch_size=2, max_iters=3, eval_interval=3, eval_iters=1, warmup_iters=1, learning_rate=3e-3,
-               dropout=0.0, num_threads=1)
-    return train.main(train.TrainConfig(**{**cfg, **kw}))
+    cfg = TrainConfig(data_dir=str(corpus_dir), out_dir=str(out_dir), batch_size=2, max_iters=3,
+                      eval_interval=3, eval_iters=1, warmup_iters=1, learning_rate=3e-3, num_threads=1,
+                      model=GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0))
+    return train.main(replace(cfg, **kw))
 
 
 @pytest.fixture(scope="module")
