@@ -12,6 +12,9 @@ from dctgpt import checkpoint
 from dctgpt.config import TrainConfig
 from dctgpt.model import GPTConfig
 
+# torch's own Inductor code calls a deprecated torch.jit API
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
 
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
