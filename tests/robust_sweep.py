@@ -1,10 +1,14 @@
 """Sweep the tokenizer over a folder of odd and broken JPEGs (../shared/robust-jpeg), crash-proof.
 
-Every file, under each configuration, must give a correct round trip or an error naming the file.
-libjpeg can crash the process on hostile input, so the files are tokenized in a worker process;
-a crash or a hang is recorded against the file being worked on and the worker restarts after it.
+Every file, under each configuration, must give a correct round trip or an error naming the file
+and the reason. libjpeg can crash the process on hostile input, so the files are tokenized in a worker
+process; a crash or a hang is recorded against the file being worked on and the worker restarts after it.
+Which files round-trip under which configuration is pinned in robust_jpeg_ok.tsv (config, file).
 
     python tests/robust_sweep.py [folder]      # prints a summary and every file that is not clean
+    python tests/robust_sweep.py --write-ok    # rewrites robust_jpeg_ok.tsv from a sweep
+
+The folder is ../shared/robust-jpeg next to the repository, or $DCTGPT_ROBUST_JPEG.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import io
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import tempfile
@@ -22,9 +27,17 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-FOLDER = ROOT.parent / "shared" / "robust-jpeg"
+FOLDER = Path(os.environ.get("DCTGPT_ROBUST_JPEG", ROOT.parent / "shared" / "robust-jpeg"))
 SKIP_NAMES = {"README.md", "MANIFEST.tsv"}
-CONFIGS = [dict(quality=None, size=None), dict(quality=25, size=(32, 32))]
+CONFIGS = {"as-is": dict(quality=None, size=None), "q25-32x32": dict(quality=25, size=(32, 32))}
+OK_LIST = TESTS / "robust_jpeg_ok.tsv"
+# what an error may say (after naming the file): the reasons the tokenizer gives for what it refuses
+REASONS = re.compile("|".join([
+    r"truncated", r"not a JPEG", r"not a complete JPEG", r"not a readable image", r"could not decode",
+    r"lossless JPEG", r"sampling factors", r"quantization table", r"components? .*not supported",
+    r"over max_pixels", r"libjpeg could not read", r"coefficients outside", r"more than one frame header",
+    r"bit quantization tables", r"zero size", r"RGB JPEG", r"-bit JPEG is not supported",
+    r"hierarchical JPEG", r"arithmetic"]))
 GRAMMAR_MAX_TOKENS = 30_000     # walking longer streams through the Python grammar is slow
 
 
@@ -70,11 +83,11 @@ def check(tok, path: str) -> dict:
 def worker(paths: list[str]) -> None:
     from tokenizer import JpegDctConfig, JpegDctTokenizer
 
-    toks = [JpegDctTokenizer(JpegDctConfig(**c)) for c in CONFIGS]
+    toks = {label: JpegDctTokenizer(JpegDctConfig(**c)) for label, c in CONFIGS.items()}
     for path in paths:
         print(json.dumps({"start": path}), flush=True)
-        for cfg, tok in zip(CONFIGS, toks):
-            print(json.dumps({"file": path, "config": str(cfg), **check(tok, path)}), flush=True)
+        for label, tok in toks.items():
+            print(json.dumps({"file": path, "config": label, **check(tok, path)}), flush=True)
         print(json.dumps({"end": path}), flush=True)
 
 
@@ -124,6 +137,20 @@ def sweep(paths: list[Path], file_timeout: float = 60.0) -> list[dict]:
     return records
 
 
+def ok_pairs(records: list[dict], folder: Path = FOLDER) -> set[tuple[str, str]]:
+    """(config, file relative to the folder) of every clean round trip."""
+    return {(r["config"], Path(r["file"]).relative_to(folder).as_posix()) for r in records
+            if r["result"] == "ok"}
+
+
+def read_ok_list(path: Path = OK_LIST) -> set[tuple[str, str]]:
+    return {tuple(line.split("\t")) for line in path.read_text().splitlines() if line}
+
+
+def write_ok_list(pairs: set[tuple[str, str]], path: Path = OK_LIST) -> None:
+    path.write_text("".join(f"{config}\t{file}\n" for config, file in sorted(pairs)))
+
+
 def summary(records: list[dict]) -> str:
     counts = Counter((r.get("config", "-"), r["result"]) for r in records)
     lines = [f"{n:4d}  {result:14s} {config}" for (config, result), n in sorted(counts.items())]
@@ -138,10 +165,13 @@ if __name__ == "__main__":
         sys.path[:0] = [str(ROOT), str(TESTS)]
         worker(json.loads(Path(sys.argv[2]).read_text()))
     else:
-        args = [a for a in sys.argv[1:] if a != "-v"]
+        args = [a for a in sys.argv[1:] if a not in ("-v", "--write-ok")]
         folder = Path(args[0]) if args else FOLDER
         recs = sweep(files(folder))
         print(summary(recs))
+        if "--write-ok" in sys.argv:
+            write_ok_list(ok_pairs(recs, folder))
+            print(f"wrote {OK_LIST}")
         if "-v" in sys.argv:
             for r in recs:
                 if r["result"] == "error":

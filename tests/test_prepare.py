@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import tokenizer.corpus.prepare as prepare_module
 from tokenizer import JpegDctConfig, JpegDctTokenizer
 from tokenizer.corpus.embedded import SPLITS, crops, photo_path
 from tokenizer.corpus.prepare import Source, cli, plan_items, prepare
@@ -87,23 +87,47 @@ def test_folder_source_skips_bad_files(tmp_path, caplog):
     assert m["splits"]["val"]["sequences"] >= 1   # hash split put some files in val
 
 
-def test_resume_after_kill_equals_uninterrupted(tmp_path):
-    args = ["--source", "embedded", "--size", "32", "32", "--train_crops", "60", "--val_crops", "4",
+# Killed at the start of its 5th shard write: train's 3 shards and val's first are finished.
+KILL_AT_WRITE = 5
+KILLED_RUN = """
+import os, signal, sys
+import tokenizer.corpus.prepare as prepare
+write, calls = prepare.write_shard, []
+def write_then_die(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write(*args, **kwargs)
+prepare.write_shard = write_then_die
+prepare.cli(sys.argv[1:])
+"""
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
+    """A run killed between shards resumes: finished shards are kept as they are (not rewritten), the
+    rest are written, and both splits equal an uninterrupted run's."""
+    args = ["--source", "embedded", "--size", "32", "32", "--train_crops", "12", "--val_crops", "8",
             "--shard_size", "4", "--workers", "1"]
     cli(args + ["--out", str(tmp_path / "clean")])
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "tokenizer.corpus.prepare", *args, "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list((out / "train").glob("*.safetensors"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished = len(list((out / "train").glob("*.safetensors")))
-    assert 2 <= finished < 15 and not (out / "corpus.json").exists()
+    # the process kills itself at a fixed point of its work: no timing, nothing to miss
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN.format(kill_at=KILL_AT_WRITE), *args,
+                           "--out", str(out)], cwd=ROOT, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    finished = sorted(out.glob("*/*.safetensors"))
+    assert [p.parent.name for p in finished] == ["train"] * 3 + ["val"]
+    assert not (out / "corpus.json").exists()
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished}
+    writes = []
+    write = prepare_module.write_shard
+    monkeypatch.setattr(prepare_module, "write_shard", lambda *a, **k: writes.append(a[0]) or write(*a, **k))
     cli(args + ["--out", str(out)])
-    a, b = Corpus(tmp_path / "clean").split("train"), Corpus(out).split("train")
-    assert len(a) == len(b) == 60 and all(a[i] == b[i] for i in range(len(a)))
+    assert len(writes) == 1 and Path(writes[0]).parent.name == "val"      # only the missing shard
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == before
+    for split in ("train", "val"):
+        a, b = Corpus(tmp_path / "clean").split(split), Corpus(out).split(split)
+        assert len(a) == len(b) == {"train": 12, "val": 8}[split]
+        assert all(a[i] == b[i] for i in range(len(a)))
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -160,7 +184,8 @@ def test_corpus_json_counts_match_shards(tmp_path):
     for split in ("train", "val"):
         s = Corpus(tmp_path).split(split)
         assert int(s.lengths.sum()) == meta["splits"][split]["tokens"]
-        assert all(s[i].ids[0] == s[i].ids[0] == JpegDctTokenizer().bos_id for i in range(len(s)))
+        tok = JpegDctTokenizer()
+        assert all(s[i].ids[0] == tok.bos_id and s[i].ids[-1] == tok.eos_id for i in range(len(s)))
     assert not list(tmp_path.rglob("*.tmp"))
     assert os.path.getsize(tmp_path / "train" / m["splits"]["train"]["shards"][0]["file"]) > 0
 

@@ -44,33 +44,52 @@ def test_sample_main_writes_jpegs_that_decode(run_dir, tmp_path):
     assert Image.open(tmp_path / "grid.png").size[0] > 16
 
 
+def libjpeg_tables(quality: int) -> np.ndarray:
+    """The luma and chroma tables libjpeg (through Pillow) writes at `quality`: (2, 8, 8), natural order."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, "JPEG", quality=quality)
+    return np.array([Image.open(buf).quantization[i] for i in (0, 1)]).reshape(2, 8, 8)
+
+
 def test_sampling_at_another_size_and_quality(run_dir, tmp_path):
+    assert checkpoint.load(run_dir).tokenizer.config.quality == 50     # trained at 50, sampled at 80
     paths = sample.main(sample.SampleConfig(out_dir=str(run_dir), samples_dir=str(tmp_path), num_samples=2,
                                             height=24, width=40, quality=80, seed=3))
+    assert len(paths) == 2
     for p in paths:
         im = Image.open(p)
         im.load()
         assert im.size == (40, 24)
+        got = jpeglib.read_dct(str(p))
+        assert np.array_equal(got.qt, libjpeg_tables(80))             # the quality asked for
 
 
-def test_prefix_completion_keeps_the_first_rows(run_dir, tmp_path):
+def test_prefix_completion_keeps_the_first_rows_and_samples_the_rest(run_dir, tmp_path):
+    """16x16 4:2:0 is one MCU: luma rows 0-1, chroma row 0. Keeping luma row 0 leaves luma row 1 and
+    both chroma blocks to the model."""
     [img] = write_images(tmp_path / "img", 1, size=16)
     ck = checkpoint.load(run_dir)
-    cfg = sample.SampleConfig(out_dir=str(run_dir), prefix_image=str(img), prefix_rows=2)
+    cfg = sample.SampleConfig(out_dir=str(run_dir), prefix_image=str(img), prefix_rows=1)
     prompt = sample.prompt_for(ck.tokenizer, cfg)
     full = ck.tokenizer.encode(img)
-    assert full[:len(prompt)] == prompt and len(full) > len(prompt)
+    assert full[:len(prompt)] == prompt
     body = prompt.positions[prompt.positions[:, COMPONENT] > 0]
-    assert body[:, BLOCK_ROW].max() < 2 and len(body)
+    assert len(body) and body[:, BLOCK_ROW].max() == 0 and (body[:, COMPONENT] == 1).all()
+    rest = full[len(prompt):]
+    assert set(rest.positions[:-1, COMPONENT]) == {1, 2, 3} and rest.positions[:, BLOCK_ROW].max() == 1
     paths = sample.main(sample.SampleConfig(out_dir=str(run_dir), samples_dir=str(tmp_path / "s"),
-                                            num_samples=2, prefix_image=str(img), prefix_rows=2))
+                                            num_samples=3, prefix_image=str(img), prefix_rows=1))
     src = tmp_path / "prefix.jpg"
     src.write_bytes(ck.tokenizer.to_jpeg(img))
     ref = jpeglib.read_dct(str(src))
-    for p in paths:  # the kept rows of blocks come back unchanged: luma rows 0-1, chroma row 0
+    sampled = []
+    for p in paths:
         got = jpeglib.read_dct(str(p))
-        assert np.array_equal(got.Y[:2], ref.Y[:2])
-        assert np.array_equal(got.Cb[:1], ref.Cb[:1]) and np.array_equal(got.Cr[:1], ref.Cr[:1])
+        assert got.Y.shape == ref.Y.shape and np.array_equal(got.Y[:1], ref.Y[:1])  # the kept row
+        sampled.append(np.concatenate([got.Y[1:].ravel(), got.Cb.ravel(), got.Cr.ravel()]))
+    ref_rest = np.concatenate([ref.Y[1:].ravel(), ref.Cb.ravel(), ref.Cr.ravel()])
+    assert not any(np.array_equal(x, ref_rest) for x in sampled)     # the rest is sampled, not copied
+    assert not np.array_equal(sampled[0], sampled[1])                  # and differs between samples
 
 
 def test_generate_is_seeded_and_cache_matches_recompute(run_dir):
@@ -122,6 +141,29 @@ def test_sliding_window_nll_scores_every_token_once(run_dir, tmp_path):
         assert nll[t - 1] == pytest.approx(ref, rel=1e-5, abs=1e-6)
 
 
+def scan_length_from_markers(jpeg: bytes) -> int:
+    """Entropy-coded bytes of a one-scan JPEG, from its markers alone: the marker segments from SOI to
+    the end of the SOS header come first, EOI is last, and what lies between is the scan."""
+    assert jpeg[:2] == b"\xff\xd8" and jpeg[-2:] == b"\xff\xd9"
+    i = 2
+    while True:
+        assert jpeg[i] == 0xFF, f"no marker at byte {i}"
+        marker, length = jpeg[i + 1], int.from_bytes(jpeg[i + 2:i + 4], "big")
+        i += 2 + length                                   # the length counts itself, not the marker
+        if marker == 0xDA:                                # SOS: the scan starts after its header
+            return len(jpeg) - 2 - i
+
+
+def test_scan_length_from_markers_on_a_scan_known_in_advance():
+    """Mid-gray 64x64 4:2:0 through libjpeg's standard Huffman tables: every DC difference is 0 and
+    every block ends at once, so a luma block costs 2 + 4 bits ('00', EOB '1010') and a chroma block
+    2 + 2 ('00', EOB '00'): 64 * 6 + 32 * 4 = 512 bits, 64 bytes (no padding, no 0xFF to stuff)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(buf, "JPEG", quality=50, subsampling=2)
+    jpeg = buf.getvalue()
+    assert scan_length_from_markers(jpeg) == 64 == scan_bytes(jpeg)
+
+
 def test_evaluate_main_reports_bits_and_saving(run_dir, tmp_path):
     write_images(tmp_path / "imgs", 3, size=20, seed=4)
     report = evaluate.main(str(run_dir), str(tmp_path / "imgs"), json_path=str(tmp_path / "r.json"),
@@ -133,7 +175,7 @@ def test_evaluate_main_reports_bits_and_saving(run_dir, tmp_path):
         seq = ck.tokenizer.encode(tmp_path / "imgs" / r["name"])
         bits = evaluate.sequence_nll(ck.model, seq).sum() / math.log(2)
         assert r["bits"] == pytest.approx(bits, rel=1e-6)
-        assert r["scan_bytes"] == scan_bytes(prepared)
+        assert r["scan_bytes"] == scan_bytes(prepared) == scan_length_from_markers(prepared)
         assert r["saving"] == pytest.approx(1 - r["bits"] / (8 * r["scan_bytes"]))
         assert r["bits_per_pixel"] == pytest.approx(r["bits"] / (16 * 16))
     assert report["summary"]["images"] == 3

@@ -1,10 +1,13 @@
 """Video tokenizer: lossless in both modes on clips PyAV writes (MJPEG as is, H.264 re-encoded),
 grammar walks, sparse deltas of still frames, table changes, save/load, odd MJPEG sampling factors."""
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from tokenizer import TokenizerError, load_tokenizer
+from tokenizer import TokenizerError, TokenSequence, load_tokenizer
 from tokenizer.corpus.embedded import load_photo
 from tokenizer.jpeg.io import read_coefficients
 from tokenizer.video.io import (
@@ -145,23 +148,32 @@ def test_grammar_bounds_prompts_and_errors():
 
 
 def test_random_walk_of_the_grammar_decodes():
-    """Streams sampled uniformly from the grammar's masks (after a 16x16 header) decode to valid JPEGs."""
+    """Streams sampled uniformly from the grammar's masks (after a 16x16 header) decode to valid JPEGs
+    of the frames the grammar read, and re-encode losslessly."""
     tok = VideoTokenizer(VideoConfig(mode="delta", quality=50, size=(16, 16), max_frames=3))
     rng = np.random.default_rng(0)
+    header = tok.header(16, 16)
     for trial in range(3):
-        g, ids = tok.grammar(tok.header(16, 16)), []
+        g, ids, rows = tok.grammar(header), [], []
         while not g.done:
             m = g.allowed()
             if m[tok.eos_id] and m.sum() > 1 and len(ids) < 2000:      # prefer continuing the clip
                 m = m.copy()
                 m[tok.eos_id] = False
             t = int(rng.choice(np.flatnonzero(m)))
-            g.push(t)
+            rows.append(g.push(t))
             ids.append(t)
-        frames = tok.decode_frames(tok.encode_frames(g.frames))
-        assert frames == g.frames
-        for jpeg in tok.decode(tok.encode_frames(g.frames)):
-            assert read_coefficients(jpeg).height == 16
+        walk = TokenSequence.concat([header, TokenSequence(np.array(ids), np.array(rows))])
+        frames = tok.decode_frames(walk)                                # the walk itself, decoded
+        assert len(frames) == 3 and frames == g.frames
+        jpegs = tok.decode(walk)
+        assert [read_coefficients(j) for j in jpegs] == frames          # valid JPEGs of those frames
+        for j in jpegs:
+            Image.open(io.BytesIO(j)).load()
+        again = tok.encode_frames(frames)                               # re-encoded: the same frames
+        assert tok.decode_frames(again) == frames
+        g2 = tok.grammar()
+        assert np.array_equal([g2.push(int(t)) for t in again.ids], again.positions) and g2.done
 
 
 @pytest.fixture(scope="module")
@@ -209,10 +221,17 @@ def test_sample_continues_a_clip(video_corpus, tmp_path):
                               eval_interval=2, eval_iters=1, warmup_iters=1, num_threads=1,
                               model=GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64)))
     write_clip(tmp_path / "prefix.avi", "mjpeg", "yuvj420p", [c for c in clips["val"][0]])
-    paths = sample.main(sample.SampleConfig(out_dir=str(tmp_path / "run"), num_samples=2, batch_size=2,
+    paths = sample.main(sample.SampleConfig(out_dir=str(tmp_path / "run"), num_samples=4, batch_size=4,
                                             prefix_clip=str(tmp_path / "prefix.avi"), prefix_frames=2))
+    source = tok.frames(tmp_path / "prefix.avi")
+    assert len(source) == 3 and source[2] not in source[:2]             # the clip moves
+    third = []
     for p in paths:
-        frames = read_video(p, 99)
-        assert p.suffix == ".avi" and 2 <= len(frames) <= 3
-        assert [read_coefficients(f) for f in frames[:2]] == tok.frames(tmp_path / "prefix.avi")[:2]
+        frames = [read_coefficients(f) for f in read_video(p, 99)]
+        assert p.suffix == ".avi" and frames[:2] == source[:2]            # the prefix frames, unchanged
+        assert len(frames) in (2, 3) and all((f.height, f.width) == (16, 16) for f in frames)
+        third += frames[2:]
+    # after two frames the grammar allows the end (a 2-frame clip) or a third frame (max_frames=3):
+    # some streams must go on with a sampled frame, not the clip's own third frame
+    assert third and any(f != source[2] for f in third)
     assert (tmp_path / "run" / "samples" / "grid.png").is_file()
