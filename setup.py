@@ -8,7 +8,7 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(
     "tokenizer.jpeg._scan",
-    sources=[f"tokenizer/jpeg/{f}.c" for f in ("_scan", "_jpeg_read", "_jpeg_write", "_tokens")],
+    sources=[f"tokenizer/jpeg/{f}.c" for f in ("_scan", "_jpeg_read", "_jpeg_write", "_tokens", "_grammar")],
     depends=["tokenizer/jpeg/_scan.h"],
     optional=True,
 )])

@@ -192,6 +192,28 @@ def test_non_interleaved_scans_match_reference(subsampling, restart):
     assert_same_as_reference(JpegDctTokenizer(JpegDctConfig(quality=None, size=None)), data)
 
 
+def _gray(dc: list[int], ac1: int = 0) -> Coefficients:
+    """A gray 8 x 8n image: block i has DC dc[i], the first block AC 1 = ac1."""
+    blocks = np.zeros((1, len(dc), 64), np.int16)
+    blocks[0, :, 0] = dc
+    blocks[0, 0, 1] = ac1
+    return Coefficients(8, 8 * len(dc), "gray", (blocks,), np.full((1, 64), 4, np.uint16))
+
+
+@pytest.mark.parametrize("case", ["ac_2000", "dc_1500", "bad_code"])
+def test_values_and_codes_libjpeg_flags_give_the_reference_error(monkeypatch, case):
+    """Files libjpeg reads with a warning or with values 8-bit JPEG cannot hold: the reference's error."""
+    if case == "bad_code":                 # DC codes 00 01 10 (3 categories); 11 is no code
+        data = bytearray(non_interleaved_jpeg(_gray([0, 1, 3])))
+        data[data.rindex(b"\xff\xda") + 10] = 0xC0
+    else:
+        data = non_interleaved_jpeg(_gray([1500]) if case == "dc_1500" else _gray([0], ac1=2000))
+    tok = JpegDctTokenizer(JpegDctConfig(quality=None, size=None))
+    fast, ref = both_paths(monkeypatch, tok.encode, bytes(data))
+    assert isinstance(ref, tuple) and "corrupt" in ref[1], ref
+    assert fast == ref
+
+
 # -- the tokenizer: compiled by default, the same answers and errors as the reference ---------------
 
 def outcome(fn, *args):

@@ -21,6 +21,7 @@ import numpy as np
 import sentencepiece as spm
 
 from tokenizer.base import Tokenizer, TokenizerError, TokenSequence, advance
+from tokenizer.jpeg.accepts import Pieces, accepts
 from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
 
 _CHAR0 = 0x4E00        # base id i <-> chr(_CHAR0 + i)
@@ -115,8 +116,10 @@ class BpeTokenizer(Tokenizer):
 class BpeGrammar:
     """Allowed pieces = those whose whole expansion the base grammar accepts from here.
 
-    Walks a trie of the expansions with copies of the base cursor; exact but slower per step than
-    the base grammar (it visits every valid trie node).
+    In a stream's body the compiled check (tokenizer.jpeg.accepts) tests every expansion at once;
+    elsewhere (the header), or without the compiled extension, `walk` does: a walk over a trie of the
+    expansions with copies of the base cursor, exact but slow (it visits every valid trie node), and
+    the reference the compiled check is tested against.
     """
 
     def __init__(self, tok: BpeTokenizer):
@@ -130,12 +133,18 @@ class BpeGrammar:
                     node = node.setdefault(t, {})
                 node.setdefault(None, []).append(i)
             tok._trie = trie
+            tok._pieces = Pieces.of(tok.expansion)
 
     @property
     def done(self) -> bool:
         return self.base.done
 
     def allowed(self) -> np.ndarray:
+        mask = accepts(self.base, self.tok._pieces)
+        return self.walk() if mask is None else mask
+
+    def walk(self) -> np.ndarray:
+        """allowed() by walking the trie of expansions with the base grammar itself."""
         mask = np.zeros(self.tok.vocab_size, bool)
         stack = [(self.tok._trie, self.base)]
         while stack:

@@ -4,6 +4,7 @@
  *   tokens(planes, height, width, hv, order, raster, bands, vocab, header, header_pos) -> (ids, pos)
  *   coefficients(ids, start, height, width, hv, order, raster, bands, vocab) -> planes | reason
  *   write(planes, height, width, hv, tables, table_of) -> jpeg | reason
+ *   accepts(pieces, offsets, state, ctx, units, vocab) -> mask      (tokenizer/jpeg/accepts.py)
  *
  * A reason (str) means "not taken here": the caller uses the reference path. Arrays cross as buffers
  * (bytes, bytearray, numpy): no numpy headers are needed to build this. */
@@ -290,6 +291,61 @@ done:
     return result;
 }
 
+static PyObject *py_accepts(PyObject *self, PyObject *args) {
+    Py_buffer pieces, offsets, units;
+    PyObject *state, *ctx, *vocab, *out = NULL;
+    GState S = {0};
+    GCtx C = {0};
+    PyObject *pend, *esc, *dc, *lo, *hi;
+    if (!PyArg_ParseTuple(args, "y*y*OOy*O", &pieces, &offsets, &state, &ctx, &units, &vocab)) return NULL;
+    if (!PyArg_ParseTuple(state, "iiiiiOOO", &S.u, &S.k, &S.after_zrl, &S.no_skip, &S.done, &pend, &esc, &dc)
+        || !PyArg_ParseTuple(ctx, "iiiiOO", &C.n_blocks, &C.raster, &C.max_skip, &C.ac_max, &lo, &hi)
+        || parse_vocab(&C.v, vocab))
+        goto done;
+    Py_ssize_t n_dc = PySequence_Size(dc);
+    if (n_dc < 1 || n_dc > MAX_COMP || PySequence_Size(lo) != n_dc || PySequence_Size(hi) != n_dc
+        || PySequence_Size(pend) > 2 || units.len % (3 * (Py_ssize_t)sizeof(int32_t))) {
+        PyErr_SetString(PyExc_ValueError, "accepts: bad state");
+        goto done;
+    }
+    for (Py_ssize_t c = 0; c < n_dc; c++) {
+        PyObject *x = PySequence_GetItem(dc, c), *l = PySequence_GetItem(lo, c), *h = PySequence_GetItem(hi, c);
+        S.dc[c] = x ? PyLong_AsLong(x) : 0;
+        C.dc_lo[c] = l ? PyLong_AsLong(l) : 0;
+        C.dc_hi[c] = h ? PyLong_AsLong(h) : 0;
+        Py_XDECREF(x); Py_XDECREF(l); Py_XDECREF(h);
+    }
+    S.n_pending = (int)PySequence_Size(pend);
+    for (int i = 0; i < S.n_pending; i++) {
+        PyObject *x = PySequence_GetItem(pend, i);
+        S.pending[i] = x ? (int)PyLong_AsLong(x) : 0;
+        Py_XDECREF(x);
+    }
+    if (esc != Py_None && !PyArg_ParseTuple(esc, "iil", &S.esc_comp, &S.esc_sign, &S.esc_payload)) goto done;
+    S.esc_active = esc != Py_None;
+    if (PyErr_Occurred()) goto done;
+    C.units = units.buf;
+    C.n_units = (int)(units.len / (3 * (Py_ssize_t)sizeof(int32_t)));
+    Py_ssize_t n = offsets.len / (Py_ssize_t)sizeof(int32_t) - 1;
+    const int32_t *off = offsets.buf, *ids = pieces.buf;
+    if (n < 0 || off[n] * (Py_ssize_t)sizeof(int32_t) > pieces.len) {
+        PyErr_SetString(PyExc_ValueError, "accepts: offsets do not fit the pieces");
+        goto done;
+    }
+    out = PyByteArray_FromStringAndSize(NULL, n);
+    if (!out) goto done;
+    char *m = PyByteArray_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        m[i] = off[i + 1] > off[i] && accepts_piece(&C, S, ids + off[i], off[i + 1] - off[i]);
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&pieces);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&units);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"read", py_read, METH_VARARGS, "read(jpeg) -> (height, width, hv, qtables, planes, shapes) | reason"},
     {"tokens", py_tokens, METH_VARARGS,
@@ -297,6 +353,8 @@ static PyMethodDef methods[] = {
     {"coefficients", py_coefficients, METH_VARARGS,
      "coefficients(ids, start, height, width, hv, order, raster, bands, vocab) -> planes | reason"},
     {"write", py_write, METH_VARARGS, "write(planes, height, width, hv, tables, table_of) -> jpeg | reason"},
+    {"accepts", py_accepts, METH_VARARGS,
+     "accepts(pieces, offsets, state, ctx, units, vocab) -> mask: which id sequences a grammar cursor takes"},
     {NULL, NULL, 0, NULL},
 };
 

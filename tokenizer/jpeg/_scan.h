@@ -89,4 +89,23 @@ size_t emit_tokens(const Geometry *g, const int16_t *planes, const Order *o, con
 const char *parse_tokens(const Geometry *g, const int32_t *ids, size_t n, const Order *o,
                          const VocabIds *v, int16_t *planes);
 
+/* A JpegGrammar cursor in the body, flattened (tokenizer/jpeg/accepts.py fills it). */
+typedef struct {
+    int u, k, after_zrl, no_skip, done;   /* unit, next zigzag index, ... as in grammar.py */
+    int n_pending, pending[2];            /* escape bytes to come: their largest values */
+    int esc_active, esc_comp, esc_sign;   /* a DC escape under way */
+    long esc_payload;
+    long dc[MAX_COMP];                    /* DC value per component */
+} GState;
+
+typedef struct {
+    const int32_t *units;                 /* (n_units, 3): start, end, component */
+    int n_units, n_blocks, raster, max_skip, ac_max;
+    long dc_lo[MAX_COMP], dc_hi[MAX_COMP]; /* DC bounds per component */
+    VocabIds v;
+} GCtx;
+
+/* 1 if the cursor in state S takes the n ids t[0..n-1], else 0 */
+int accepts_piece(const GCtx *C, GState S, const int32_t *t, int n);
+
 #endif
