@@ -125,6 +125,7 @@ class BpeGrammar:
     def __init__(self, tok: BpeTokenizer):
         self.tok = tok
         self.base = tok.base.grammar()
+        self._allowed: np.ndarray | None = None
         if not hasattr(tok, "_trie"):
             trie: dict = {}
             for i, e in enumerate(tok.expansion):
@@ -140,8 +141,11 @@ class BpeGrammar:
         return self.base.done
 
     def allowed(self) -> np.ndarray:
-        mask = accepts(self.base, self.tok._pieces)
-        return self.walk() if mask is None else mask
+        if self._allowed is None:           # (until the next push)
+            mask = accepts(self.base, self.tok._pieces)
+            self._allowed = self.walk() if mask is None else mask
+            self._allowed.flags.writeable = False
+        return self._allowed
 
     def walk(self) -> np.ndarray:
         """allowed() by walking the trie of expansions with the base grammar itself."""
@@ -163,5 +167,6 @@ class BpeGrammar:
         e = self.tok.expansion[int(token)] if 0 <= int(token) < self.tok.vocab_size else []
         if len(e) == 0:
             raise TokenizerError(f"BPE token {token} is not allowed here")
+        self._allowed = None
         positions = [self.base.push(int(t)) for t in e]
         return positions[0]
