@@ -8,10 +8,10 @@ quality (4:2:0, raster). encode (JPEG bytes -> ids) is timed against PIL's full 
 files to RGB; decode (ids -> JPEG bytes) against PIL's encode of the same pixels at that quality.
 Ratios are tokenizer images/s over PIL images/s (target >= 1.0), for the compiled path (the default,
 tokenizer.jpeg.scan) and the reference path (libjpeg through jpeglib + the numpy codec). Then the BPE
-grammar's milliseconds per step (compiled check and trie walk, target <= 1 ms) along the streams of
-val crops, with the BPE of --bpe DIR or one of 4,096 pieces trained here on 64 px quality-25 crops;
-then tokens per image at 64, 128 and 256 px for qualities 10, 25 and 50 in both orders, with a BPE
-column for the rows matching the BPE's base tokenizer.
+grammar's milliseconds per step (target <= 1 ms) along the BPE streams of crops, with the BPE of
+--bpe DIR or one of 4,096 pieces trained here on 64 px quality-25 crops of the embedded corpus's train
+photos; then tokens per image at 64, 128 and 256 px for qualities 10, 25 and 50 in both orders, with
+a BPE column (--bpe only) for the rows matching the BPE's base tokenizer.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokenizer import JpegDctConfig, JpegDctTokenizer, TokenSequence, load_tokenizer  # noqa: E402
 from tokenizer.bpe.tokenizer import BpeTokenizer  # noqa: E402
+from tokenizer.corpus import embedded  # noqa: E402
 from tokenizer.jpeg import scan  # noqa: E402
 
 SIZES = (64, 128, 256)
@@ -111,31 +112,35 @@ def speed_table(images: list[np.ndarray], n: int, seconds: float, quality: int =
     return rows
 
 
-def train_bpe(images: list[np.ndarray], n: int = 1000, vocab_size: int = 4096) -> BpeTokenizer:
-    """A BPE over the raster streams of n 64 px quality-25 crops of the wheel photos."""
+def train_bpe(n: int = 1000, vocab_size: int = 4096) -> BpeTokenizer:
+    """A BPE over the raster streams of n 64 px quality-25 crops of the embedded corpus's train photos."""
     base = JpegDctTokenizer(JpegDctConfig(quality=25, size=(64, 64)))
-    return BpeTokenizer.train(base, (base.encode(c).ids for c in crops(images, 64, n, seed=2)), vocab_size)
+    streams = (base.encode(c.pixels).ids for c in embedded.crops("train", n, (64, 64), seed=2))
+    return BpeTokenizer.train(base, streams, vocab_size)
 
 
 def grammar_speed(bpe: BpeTokenizer, images: list[np.ndarray], n: int = 4, walk_steps: int = 12) -> dict:
-    """Milliseconds per step of BpeGrammar.allowed (compiled check in the body) and of the trie walk,
-    along the BPE streams of n crops (the walk on the first `walk_steps` body steps of each)."""
+    """Milliseconds per step of BpeGrammar.allowed along the BPE streams of n crops: in the body (the
+    compiled check) and in the header (the trie walk); and of the trie walk on every 10th body step
+    (walk_steps per stream at most)."""
     size = bpe.base.size or (64, 64)
-    fast, walk = [], []
+    body, header, walk = [], [], []
     for px in crops(images, size[0], n, seed=3):
         seq = bpe.encode(px)
         g = bpe.grammar()
-        for i, t in enumerate(seq.ids):
+        for t in seq.ids:
+            in_body = g.base.layout is not None
             t0 = time.perf_counter()
             g.allowed()
-            fast.append(time.perf_counter() - t0)
-            if g.base.layout is not None and len(walk) < walk_steps * n and i < walk_steps + 8:
+            (body if in_body else header).append(time.perf_counter() - t0)
+            if in_body and len(walk) < walk_steps * n and len(body) % 10 == 0:   # spread over the streams
                 t0 = time.perf_counter()
                 g.walk()
                 walk.append(time.perf_counter() - t0)
             g.push(int(t))
-    return dict(pieces=bpe.vocab_size, steps=len(fast), fast=1e3 * np.mean(fast),
-                fast_max=1e3 * np.max(fast), walk=1e3 * np.mean(walk), walk_steps=len(walk))
+    ms = {k: 1e3 * float(np.mean(x)) for k, x in (("all", body + header), ("body", body), ("header", header),
+                                                  ("walk", walk))}
+    return dict(pieces=bpe.vocab_size, steps=len(body) + len(header), walk_steps=len(walk), **ms)
 
 
 def bpe_lengths(bpe, seqs: list[TokenSequence]) -> float | None:
@@ -180,7 +185,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=48, help="crops per size")
     ap.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
-    ap.add_argument("--bpe", default=None, help="a saved BPE tokenizer (default: train one of 4,096 pieces)")
+    ap.add_argument("--bpe", default=None, help="a saved BPE tokenizer (BPE column; grammar timing, "
+                    "else with one trained here)")
     ap.add_argument("--profile", action="store_true", help="also print cProfile hot spots")
     a = ap.parse_args()
     images = photos()
@@ -196,11 +202,11 @@ def main() -> None:
         print(f"{r['size']:>4} {r['tokens']:>7.0f} | {pd:>8.0f} {enc:>8.0f} {enc / pd:>6.2f} {renc:>7.0f} "
               f"{renc / pd:>6.2f} | {pe:>8.0f} {dec:>8.0f} {dec / pe:>6.2f} {rdec:>7.0f} {rdec / pe:>6.2f}")
 
-    bpe = bpe or train_bpe(images)
-    gs = grammar_speed(bpe, images)
-    print(f"\nBPE grammar ({gs['pieces']} pieces), ms per step: compiled {gs['fast']:.3f} (mean of "
-          f"{gs['steps']} steps, max {gs['fast_max']:.2f}), trie walk {gs['walk']:.1f} "
-          f"(mean of {gs['walk_steps']} body steps): {gs['walk'] / gs['fast']:.0f}x")
+    gs = grammar_speed(bpe or train_bpe(), images)
+    print(f"\nBPE grammar ({gs['pieces']} pieces{'' if bpe else ', trained here'}), ms per step over "
+          f"{gs['steps']} steps: {gs['all']:.3f} (body, compiled check: {gs['body']:.3f}; header, trie walk: "
+          f"{gs['header']:.2f}); the trie walk on {gs['walk_steps']} body steps: {gs['walk']:.1f} "
+          f"({gs['walk'] / gs['body']:.0f}x the compiled check)")
 
     print("\ntokens per image (mean over crops)")
     print(f"{'px':>4} {'quality':>7} {'order':>15} {'tokens':>8} {'bpe':>8}")

@@ -4,7 +4,7 @@
  *   tokens(planes, height, width, hv, order, raster, bands, vocab, header, header_pos) -> (ids, pos)
  *   coefficients(ids, start, height, width, hv, order, raster, bands, vocab) -> planes | reason
  *   write(planes, height, width, hv, tables, table_of) -> jpeg | reason
- *   accepts(pieces, offsets, state, ctx, units, vocab) -> mask      (tokenizer/jpeg/accepts.py)
+ *   accepts(pieces, offsets, order, lcp, state, ctx, units, vocab) -> mask   (accepts.py)
  *
  * A reason (str) means "not taken here": the caller uses the reference path. Arrays cross as buffers
  * (bytes, bytearray, numpy): no numpy headers are needed to build this. */
@@ -292,12 +292,13 @@ done:
 }
 
 static PyObject *py_accepts(PyObject *self, PyObject *args) {
-    Py_buffer pieces, offsets, units;
+    Py_buffer pieces, offsets, order, lcp, units;
     PyObject *state, *ctx, *vocab, *out = NULL;
     GState S = {0};
     GCtx C = {0};
     PyObject *pend, *esc, *dc, *lo, *hi;
-    if (!PyArg_ParseTuple(args, "y*y*OOy*O", &pieces, &offsets, &state, &ctx, &units, &vocab)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*OOy*O", &pieces, &offsets, &order, &lcp, &state, &ctx, &units, &vocab))
+        return NULL;
     if (!PyArg_ParseTuple(state, "iiiiiOOO", &S.u, &S.k, &S.after_zrl, &S.no_skip, &S.done, &pend, &esc, &dc)
         || !PyArg_ParseTuple(ctx, "iiiiOO", &C.n_blocks, &C.raster, &C.max_skip, &C.ac_max, &lo, &hi)
         || parse_vocab(&C.v, vocab))
@@ -327,21 +328,31 @@ static PyObject *py_accepts(PyObject *self, PyObject *args) {
     C.units = units.buf;
     C.n_units = (int)(units.len / (3 * (Py_ssize_t)sizeof(int32_t)));
     Py_ssize_t n = offsets.len / (Py_ssize_t)sizeof(int32_t) - 1;
-    const int32_t *off = offsets.buf, *ids = pieces.buf;
-    if (n < 0 || off[n] * (Py_ssize_t)sizeof(int32_t) > pieces.len) {
-        PyErr_SetString(PyExc_ValueError, "accepts: offsets do not fit the pieces");
+    const int32_t *off = offsets.buf, *ord = order.buf;
+    int bad = n < 0 || order.len != n * (Py_ssize_t)sizeof(int32_t) || lcp.len != order.len
+              || off[n] * (Py_ssize_t)sizeof(int32_t) > pieces.len;
+    for (Py_ssize_t i = 0; !bad && i < n; i++)
+        bad = ord[i] < 0 || ord[i] >= n || off[i] > off[i + 1] || ((const int32_t *)lcp.buf)[i] < 0;
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "accepts: offsets, order or lcp do not fit the pieces");
         goto done;
     }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (off[i + 1] - off[i] > MAX_PIECE) {                 /* not for this port: the caller walks */
+            out = Py_NewRef(Py_None);
+            goto done;
+        }
     out = PyByteArray_FromStringAndSize(NULL, n);
     if (!out) goto done;
     char *m = PyByteArray_AS_STRING(out);
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++)
-        m[i] = off[i + 1] > off[i] && accepts_piece(&C, S, ids + off[i], off[i + 1] - off[i]);
+    accepts_sorted(&C, &S, pieces.buf, off, ord, lcp.buf, (size_t)n, m);
     Py_END_ALLOW_THREADS
 done:
     PyBuffer_Release(&pieces);
     PyBuffer_Release(&offsets);
+    PyBuffer_Release(&order);
+    PyBuffer_Release(&lcp);
     PyBuffer_Release(&units);
     return out;
 }
@@ -354,7 +365,8 @@ static PyMethodDef methods[] = {
      "coefficients(ids, start, height, width, hv, order, raster, bands, vocab) -> planes | reason"},
     {"write", py_write, METH_VARARGS, "write(planes, height, width, hv, tables, table_of) -> jpeg | reason"},
     {"accepts", py_accepts, METH_VARARGS,
-     "accepts(pieces, offsets, state, ctx, units, vocab) -> mask: which id sequences a grammar cursor takes"},
+     "accepts(pieces, offsets, order, lcp, state, ctx, units, vocab) -> mask | None: which sequences a cursor "
+     "takes (None: a sequence is too long for this port)"},
     {NULL, NULL, 0, NULL},
 };
 

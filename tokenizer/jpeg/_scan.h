@@ -105,7 +105,11 @@ typedef struct {
     VocabIds v;
 } GCtx;
 
-/* 1 if the cursor in state S takes the n ids t[0..n-1], else 0 */
-int accepts_piece(const GCtx *C, GState S, const int32_t *t, int n);
+#define MAX_PIECE 64                      /* longest sequence accepts() takes */
+
+/* mask[p] = 1 if the cursor in state `start` takes all ids of sequence p, ids[offsets[p]:offsets[p+1]];
+ * order: the sequences sorted, lcp[i]: common prefix length of sequences order[i] and order[i-1]. */
+void accepts_sorted(const GCtx *C, const GState *start, const int32_t *ids, const int32_t *offsets,
+                    const int32_t *order, const int32_t *lcp, size_t n, char *mask);
 
 #endif

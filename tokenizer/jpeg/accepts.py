@@ -7,7 +7,8 @@ Sequence i is accepted iff pushing its ids one by one onto a copy of `grammar` n
 port of the grammar's body transitions (_grammar.c) checks every sequence in one pass; grammar.py
 stays the reference. It covers the body of a stream (blocks, escapes, EOS) of a JpegGrammar with
 exactly the state grammar.py keeps there; anywhere else (the header) or on a cursor with other state,
-accepts() returns None and the caller walks the sequences with the grammar itself.
+or with a sequence longer than 64 ids, accepts() returns None and the caller walks the sequences with
+the grammar itself.
 """
 
 from __future__ import annotations
@@ -30,16 +31,27 @@ _BODY_STATE = frozenset({"vocab", "order", "bands", "max_pixels", "_masks", "hea
 
 
 class Pieces(NamedTuple):
-    """Id sequences packed for the C check: sequence i is ids[offsets[i]:offsets[i + 1]]."""
+    """Id sequences packed for the C check: sequence i is ids[offsets[i]:offsets[i + 1]]; `order`
+    lists them sorted and lcp[j] is the common prefix length of sequences order[j - 1] and order[j],
+    so the check steps each shared prefix once."""
 
     ids: np.ndarray        # int32
     offsets: np.ndarray    # int32, (P + 1,)
+    order: np.ndarray      # int32, (P,)
+    lcp: np.ndarray        # int32, (P,)
 
     @staticmethod
     def of(sequences: list[np.ndarray]) -> Pieces:
-        lengths = np.array([len(s) for s in sequences], np.int64)
-        ids = np.concatenate([np.asarray(s, np.int64) for s in sequences]) if len(sequences) else np.zeros(0)
-        return Pieces(ids.astype(np.int32), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        seqs = [tuple(int(x) for x in s) for s in sequences]
+        order = sorted(range(len(seqs)), key=seqs.__getitem__)
+        lcp = [0] * len(seqs)
+        for j in range(1, len(order)):
+            a, b = seqs[order[j - 1]], seqs[order[j]]
+            while lcp[j] < min(len(a), len(b)) and a[lcp[j]] == b[lcp[j]]:
+                lcp[j] += 1
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
+        return Pieces(np.array([x for s in seqs for x in s], np.int32), offsets.astype(np.int32),
+                      np.array(order, np.int32), np.array(lcp, np.int32))
 
 
 @functools.lru_cache(maxsize=16)
@@ -60,5 +72,6 @@ def accepts(grammar: JpegGrammar, pieces: Pieces) -> np.ndarray | None:
              tuple(g._dc))
     ctx = (g.layout.n_blocks, int(g.order == "raster"), g.vocab.max_skip, AC_MAX, (DC_MIN,) * n,
            (DC_MAX,) * n)
-    mask = _scan.accepts(pieces.ids, pieces.offsets, state, ctx, _units(g.layout), _vocab_ids(g.vocab))
-    return np.frombuffer(mask, np.bool_)
+    mask = _scan.accepts(pieces.ids, pieces.offsets, pieces.order, pieces.lcp, state, ctx, _units(g.layout),
+                         _vocab_ids(g.vocab))
+    return None if mask is None else np.frombuffer(mask, np.bool_)
