@@ -170,17 +170,17 @@ static const char *decode_block(Bits *b, const Huff *dc, const Huff *ac, int *pr
     return NULL;
 }
 
+/* What the markers have said so far. */
 typedef struct {
-    const uint8_t *data, *end;
-    Geometry *g;
-    int *hv;
-    uint16_t (*qt)[64];
+    const uint8_t *end;                  /* of the file */
+    Geometry *g;                         /* the frame's, once read */
+    int *hv;                             /* its sampling factors (h, v) per component */
     PlaneAlloc alloc;
     void *ctx;
     int16_t *planes;
-    int ids[MAX_COMP], tq[MAX_COMP], coded[MAX_COMP];
+    int ids[MAX_COMP], tq[MAX_COMP], coded[MAX_COMP];   /* component ids, table slots, scans coding it */
     int qt_defined[4], restart, adobe, have_frame;
-    uint16_t tables[4][64];
+    uint16_t tables[4][64];              /* quantization tables by slot, zigzag */
     Huff dc[4], ac[4];
 } Reader;
 
@@ -325,7 +325,7 @@ const char *read_jpeg(const uint8_t *data, size_t len, Geometry *g, int hv[2 * M
                       uint16_t qt[MAX_COMP][64], PlaneAlloc alloc, void *ctx) {
     Reader *R = calloc(1, sizeof(Reader));
     if (!R) return "out of memory";
-    R->data = data; R->end = data + len; R->g = g; R->hv = hv; R->qt = qt;
+    R->end = data + len; R->g = g; R->hv = hv;
     R->alloc = alloc; R->ctx = ctx; R->adobe = -1;
     const char *why = NULL;
     const uint8_t *p = data + 2;

@@ -51,7 +51,7 @@ def _vocab_ids(vocab: Vocab) -> tuple[int, ...]:
             v.eos, v.size)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _order(height: int, width: int, subsampling: str, order: str, bands: tuple[int, ...]) -> np.ndarray:
     """(n_blocks, 5) int32 rows (comp, brow, bcol, row, col) in stream block order (format.BlockLayout)."""
     lay = block_layout(height, width, subsampling, order, bands)
