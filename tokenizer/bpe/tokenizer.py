@@ -21,6 +21,7 @@ import numpy as np
 import sentencepiece as spm
 
 from tokenizer.base import Tokenizer, TokenizerError, TokenSequence, advance
+from tokenizer.jpeg.accepts import Pieces, accepts
 from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
 
 _CHAR0 = 0x4E00        # base id i <-> chr(_CHAR0 + i)
@@ -121,13 +122,16 @@ class BpeTokenizer(Tokenizer):
 class BpeGrammar:
     """Allowed pieces = those whose whole expansion the base grammar accepts from here.
 
-    Walks a trie of the expansions with copies of the base cursor; exact but slower per step than
-    the base grammar (it visits every valid trie node).
+    In a stream's body the compiled check (tokenizer.jpeg.accepts) tests every expansion at once;
+    elsewhere (the header), or without the compiled extension, `walk` does: a walk over a trie of the
+    expansions with copies of the base cursor, exact but slow (it visits every valid trie node), and
+    the reference the compiled check is tested against.
     """
 
     def __init__(self, tok: BpeTokenizer):
         self.tok = tok
         self.base = tok.base.grammar()
+        self._allowed: np.ndarray | None = None
         if not hasattr(tok, "_trie"):
             trie: dict = {}
             for i, e in enumerate(tok.expansion):
@@ -136,12 +140,21 @@ class BpeGrammar:
                     node = node.setdefault(t, {})
                 node.setdefault(None, []).append(i)
             tok._trie = trie
+            tok._pieces = Pieces.of(tok.expansion)
 
     @property
     def done(self) -> bool:
         return self.base.done
 
     def allowed(self) -> np.ndarray:
+        if self._allowed is None:           # (until the next push)
+            mask = accepts(self.base, self.tok._pieces)
+            self._allowed = self.walk() if mask is None else mask
+            self._allowed.flags.writeable = False
+        return self._allowed
+
+    def walk(self) -> np.ndarray:
+        """allowed() by walking the trie of expansions with the base grammar itself."""
         mask = np.zeros(self.tok.vocab_size, bool)
         stack = [(self.tok._trie, self.base)]
         while stack:
@@ -160,5 +173,6 @@ class BpeGrammar:
         e = self.tok.expansion[int(token)] if 0 <= int(token) < self.tok.vocab_size else []
         if len(e) == 0:
             raise TokenizerError(f"BPE token {token} is not allowed here")
+        self._allowed = None
         positions = [self.base.push(int(t)) for t in e]
         return positions[0]

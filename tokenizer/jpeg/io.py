@@ -281,11 +281,7 @@ def write_coefficients(coef: Coefficients) -> bytes:
         raise ValueError(f"coefficient planes {[b.shape for b in coef.blocks]} do not fit a "
                          f"{coef.width}x{coef.height} {coef.subsampling} image ({grid} blocks)")
     planes = [np.ascontiguousarray(b[:, :, UNZIGZAG], dtype=np.int16) for b in coef.blocks]
-    # Distinct tables in order of first use: jpeglib fills a slot it has no defaults for (2, 3) from
-    # qt[component] rather than qt[slot], which agree only when slot k is first used by component k.
-    slot_of: dict[bytes, int] = {}
-    table_of = [slot_of.setdefault(t.tobytes(), len(slot_of)) for t in coef.qtables]
-    tables = np.stack([coef.qtables[table_of.index(k)] for k in range(len(slot_of))])
+    tables, table_of = table_slots(coef.qtables)
     qt = np.ascontiguousarray(tables[:, UNZIGZAG], dtype=np.uint16)
     with _tempfile(b"") as path:
         with _LibjpegMessages() as messages:
@@ -294,6 +290,16 @@ def write_coefficients(coef: Coefficients) -> bytes:
             raise OSError(f"libjpeg could not write the coefficients ({'; '.join(messages.lines)})")
         with open(path, "rb") as f:
             return f.read()
+
+
+def table_slots(qtables: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """(distinct tables, slot of each component): the quantization table slots a written file uses.
+
+    Slots in order of first use: jpeglib fills a slot it has no defaults for (2, 3) from
+    qt[component] rather than qt[slot], which agree only when slot k is first used by component k."""
+    slot_of: dict[bytes, int] = {}
+    table_of = [slot_of.setdefault(t.tobytes(), len(slot_of)) for t in qtables]
+    return np.stack([qtables[table_of.index(k)] for k in range(len(slot_of))]), table_of
 
 
 # -- libjpeg through jpeglib's C functions, called directly ------------------------------------------

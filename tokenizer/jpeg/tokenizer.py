@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from tokenizer.base import Tokenizer, TokenizerError, TokenSequence, advance
+from tokenizer.jpeg import scan
 from tokenizer.jpeg.codec import decode_coefficients, encode_batch, encode_coefficients
 from tokenizer.jpeg.format import ORDERS, Vocab, header_ids, header_positions
 from tokenizer.jpeg.grammar import JpegGrammar
@@ -139,12 +140,24 @@ class JpegDctTokenizer(Tokenizer):
     # -- tokens -----------------------------------------------------------------------------------
     def encode(self, media: Any, name: str | None = None) -> TokenSequence:
         """Media comes in (path, bytes, PIL image, uint8 array), a lossless token stream comes out."""
-        return self.encode_coefficients(self.coefficients(media, name))
+        return self.encode_batch([media], [name])[0]
 
-    def encode_batch(self, media: list, names: list[str] | None = None) -> list[TokenSequence]:
-        """encode() of many inputs; the token coding runs once over all their blocks (faster)."""
-        coefs = [self.coefficients(m, n) for m, n in zip(media, names or [None] * len(media))]
-        return encode_batch(self.vocab, coefs, self.config.order, self.config.bands)
+    def encode_batch(self, media: list, names: list[str | None] | None = None) -> list[TokenSequence]:
+        """encode() of many inputs. JPEGs the compiled path takes (tokenizer.jpeg.scan) go straight
+        from their scan to ids; the rest are read by libjpeg and coded in one numpy pass."""
+        c = self.config
+        out: list[TokenSequence | None] = []
+        rest, coefs = [], []
+        for m, n in zip(media, names or [None] * len(media)):
+            n = n or name_of(m)
+            data = self.to_jpeg(m, n)
+            out.append(scan.encode_jpeg(self.vocab, data, c.order, c.bands))
+            if out[-1] is None:
+                rest.append(len(out) - 1)
+                coefs.append(read_coefficients(data, n))
+        for i, seq in zip(rest, encode_batch(self.vocab, coefs, c.order, c.bands)):
+            out[i] = seq
+        return out
 
     def encode_coefficients(self, coef: Coefficients) -> TokenSequence:
         return encode_coefficients(self.vocab, coef, self.config.order, self.config.bands)
@@ -164,6 +177,9 @@ class JpegDctTokenizer(Tokenizer):
 
     def decode(self, seq: TokenSequence) -> bytes:
         """Token stream in, the bytes of a baseline JPEG file out."""
+        jpeg = scan.decode_jpeg(self.vocab, seq, self.config.order, self.config.bands)
+        if jpeg is not None:
+            return jpeg
         coef = self.decode_coefficients(seq)
         try:
             return write_coefficients(coef)
