@@ -8,6 +8,7 @@ import pytest
 
 import train
 from dctgpt import checkpoint
+from dctgpt.config import TrainConfig
 from dctgpt.data import Packer
 from dctgpt.evaluate import sequence_nll
 from dctgpt.model import GPT, GPTConfig
@@ -177,10 +178,10 @@ def test_packed_row_context_equals_per_image_context(photo_corpus):
 
 
 def test_model_with_context_trains_saves_and_loads(photo_corpus, tmp_path):
-    cfg = dict(data_dir=str(photo_corpus), out_dir=str(tmp_path), n_layer=2, n_head=2, n_embd=32,
-               block_size=128, batch_size=4, max_iters=8, eval_interval=8, eval_iters=1,
-               warmup_iters=1, learning_rate=3e-3, num_threads=1, context=True)
-    result = train.main(train.TrainConfig(**cfg))
+    model = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=128, context=True)
+    result = train.main(TrainConfig(data_dir=str(photo_corpus), out_dir=str(tmp_path), batch_size=4,
+                                    max_iters=8, eval_interval=8, eval_iters=1, warmup_iters=1,
+                                    learning_rate=3e-3, num_threads=1, model=model))
     assert result.train_loss[7] < result.train_loss[0] - 0.5
     ck = checkpoint.load(tmp_path)
     assert (ck.model.config.n_context, ck.model.config.context_buckets) == (N_CONTEXT, N_BUCKETS)
