@@ -99,7 +99,8 @@ def share_of_iteration(cfg: TrainConfig, rank: int, world: int) -> list[tuple[in
 
 
 def rows_of(batch: Batch, rows: slice) -> Batch:
-    return Batch(batch.idx[rows], batch.positions[rows], batch.targets[rows], batch.doc[rows])
+    return Batch(batch.idx[rows], batch.positions[rows], batch.targets[rows], batch.doc[rows],
+                 None if batch.context is None else batch.context[rows])
 
 
 @torch.no_grad()
@@ -110,7 +111,7 @@ def evaluate_loss(model: GPT, packer: Packer, cfg: TrainConfig, ctx, device) -> 
     for k in range(cfg.eval_iters):
         b = packer.batch(cfg.batch_size, [cfg.seed, EVAL_SEED, k]).to(device)
         with ctx:
-            logits, _ = model(b.idx, b.positions, doc=b.doc)
+            logits, _ = model(b.idx, b.positions, doc=b.doc, context=b.context)
         total += F.cross_entropy(logits.flatten(0, 1).float(), b.targets.flatten(),
                                  ignore_index=model.config.ignore_index, reduction="sum").item()
         count += int((b.targets != model.config.ignore_index).sum())
@@ -155,7 +156,13 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
 
     torch.manual_seed(cfg.seed)
     # a video tokenizer says how many frames its positions span; images have one
-    model = GPT(replace(cfg.model, vocab_size=tok.vocab_size, n_frame=tok.n_frame)).to(device)
+    # and the tokenizer's context features, if asked for, how many there are and their range
+    if cfg.model.context and not tok.n_context:
+        raise ValueError(f"model.context=true: the {tok.name!r} tokenizer of {cfg.data_dir} offers no "
+                         f"context features (jpeg_dct in raster order does)")
+    n_ctx, buckets = (tok.n_context, tok.context_buckets) if cfg.model.context else (0, 0)
+    model = GPT(replace(cfg.model, vocab_size=tok.vocab_size, n_frame=tok.n_frame, n_context=n_ctx,
+                        context_buckets=buckets)).to(device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                            device_type)
     iter_num, best_val, elapsed_before = 0, float("inf"), 0.0
@@ -179,8 +186,9 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
         model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
 
     block_size = raw.config.block_size
-    train_packer = Packer(corpus.split("train"), block_size, tok.pad_id, raw.config.ignore_index)
-    val_packer = Packer(corpus.split("val"), block_size, tok.pad_id, raw.config.ignore_index)
+    feats = tok.context if cfg.model.context else None
+    train_packer = Packer(corpus.split("train"), block_size, tok.pad_id, raw.config.ignore_index, feats)
+    val_packer = Packer(corpus.split("val"), block_size, tok.pad_id, raw.config.ignore_index, feats)
     book = Logbook(out, start_iter) if master else None
     result = TrainResult(iter_num=iter_num, out_dir=str(out))
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * block_size
@@ -229,7 +237,8 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
             batch = piece.to(device)
             sync = nullcontext() if (not ddp or k == len(share) - 1) else model.no_sync()
             with sync, ctx:
-                _, loss = model(batch.idx, batch.positions, batch.targets, doc=batch.doc)
+                _, loss = model(batch.idx, batch.positions, batch.targets, doc=batch.doc,
+                                context=batch.context)
             # DDP averages gradients over the processes: scale so that they sum over the pieces
             (loss * weight * world / cfg.gradient_accumulation_steps).backward()
             loss_sum += loss.detach() * weight

@@ -48,8 +48,10 @@ class ImageResult:
 
 
 @torch.no_grad()
-def sequence_nll(model: GPT, seq: TokenSequence, stride: int = 0) -> np.ndarray:
-    """Per-token NLL in nats (len(seq) - 1,): entry t-1 scores token t given the tokens before it."""
+def sequence_nll(model: GPT, seq: TokenSequence, stride: int = 0,
+                 context: np.ndarray | None = None) -> np.ndarray:
+    """Per-token NLL in nats (len(seq) - 1,): entry t-1 scores token t given the tokens before it.
+    `context`: the tokenizer's (T, n_context) features of `seq`, for a model with n_context > 0."""
     W = model.config.block_size
     stride = stride or max(1, W // 2)
     if not 0 < stride <= W:
@@ -57,12 +59,14 @@ def sequence_nll(model: GPT, seq: TokenSequence, stride: int = 0) -> np.ndarray:
     device = next(model.parameters()).device
     ids = torch.from_numpy(seq.ids.astype(np.int64)).to(device)
     pos = torch.from_numpy(seq.positions.astype(np.int64)).to(device)
+    ctx = None if context is None else torch.from_numpy(context.astype(np.int64)).to(device)
     L = len(ids)
     nll = np.zeros(max(L - 1, 0), np.float64)
     scored, start = 0, 0  # targets 1..scored are done
     while scored < L - 1:
         end = min(start + W, L)
-        logits, _ = model(ids[None, start:end], pos[None, start:end])
+        logits, _ = model(ids[None, start:end], pos[None, start:end],
+                          context=None if ctx is None else ctx[None, start:end])
         losses = F.cross_entropy(logits[0, :-1].float(), ids[start + 1:end], reduction="none")
         first = scored + 1  # first target not scored yet; it sits at logits index first - 1 - start
         nll[first - 1:end - 1] = losses[first - 1 - start:].double().cpu().numpy()
@@ -75,7 +79,8 @@ def evaluate_image(model: GPT, tok, path: Path, stride: int = 0) -> ImageResult:
     from tokenizer import scan_bytes  # the baseline is JPEG-specific; the model is not
 
     seq = tok.encode(path)
-    bits = float(sequence_nll(model, seq, stride).sum() / math.log(2))
+    context = tok.context(seq) if model.config.n_context else None
+    bits = float(sequence_nll(model, seq, stride, context).sum() / math.log(2))
     prepared = tok.to_jpeg(path)      # the JPEG whose coefficients encode(path) tokenizes
     if prepared is not None:
         scan = scan_bytes(prepared)

@@ -46,6 +46,9 @@ class GPTConfig:
     n_frequency: int = 65      # zigzag 0..63, 64 = end of block
     rope_base: float = 100.0   # rope2d: base of the rotation frequencies
     ignore_index: int = -1     # targets equal to this (padding, cross-image) carry no loss
+    context: bool = False      # feed the tokenizer's context features (Tokenizer.context) per token
+    n_context: int = 0         # how many (train.py takes it from the tokenizer when context is on)
+    context_buckets: int = 0   # each feature is an int in 0..context_buckets-1 (from the tokenizer too)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "max_block_row",
@@ -63,6 +66,9 @@ class GPTConfig:
         if self.pos_emb == "rope2d" and hs % 4:
             raise ValueError(f"GPTConfig: rope2d needs a head size divisible by 4, got "
                              f"n_embd/n_head = {self.n_embd}/{self.n_head} = {hs}")
+        if self.n_context < 0 or (self.n_context > 0 and self.context_buckets < 1):
+            raise ValueError(f"GPTConfig: n_context={self.n_context} needs context_buckets >= 1, "
+                             f"got {self.context_buckets}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout={self.dropout!r}: expected 0 <= dropout < 1")
         if not self.rope_base > 1.0:
@@ -233,6 +239,8 @@ class GPT(nn.Module):
             wce=nn.Embedding(config.n_component, config.n_embd),   # component
             wqe=nn.Embedding(config.n_frequency, config.n_embd),   # zigzag frequency
         )
+        if config.n_context:   # one table of context_buckets rows per feature, as one embedding
+            emb["wxe"] = nn.Embedding(config.n_context * config.context_buckets, config.n_embd)
         if config.pos_emb == "learned":
             emb["wre"] = nn.Embedding(config.max_block_row, config.n_embd)
             emb["wke"] = nn.Embedding(config.max_block_col, config.n_embd)
@@ -276,12 +284,24 @@ class GPT(nn.Module):
                 raise ValueError(f"GPT: position field {field} spans {lo}..{hi}, outside 0..{limit - 1} "
                                  f"of GPTConfig.{name}={limit}{hint}")
 
+    def _context_embedding(self, context: torch.Tensor | None, B: int, T: int) -> torch.Tensor:
+        """Sum over features of each feature's own embedding row: feature f, bucket v -> f * buckets + v."""
+        c = self.config
+        if context is None or context.shape != (B, T, c.n_context):
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"GPT: n_context={c.n_context} needs context of shape {(B, T, c.n_context)}, "
+                             f"got {got}")
+        offsets = torch.arange(c.n_context, device=context.device) * c.context_buckets
+        return self.transformer.wxe(context.long() + offsets).sum(-2)
+
     def forward(self, idx: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor | None = None,
-                doc: torch.Tensor | None = None, cache: KVCache | None = None):
+                doc: torch.Tensor | None = None, cache: KVCache | None = None,
+                context: torch.Tensor | None = None):
         """ids (B, T) and positions (B, T, 5) in; (logits (B, T, vocab), loss or None) out.
 
         `doc` (B, T): segment ids of images packed in one row; a token attends only to earlier tokens
         of its own segment. `cache`: a KVCache to extend (generation); it implies a single segment.
+        `context` (B, T, n_context): the tokenizer's context features, required when n_context > 0.
         """
         B, T = idx.size()
         if positions.shape != (B, T, 5):
@@ -294,6 +314,8 @@ class GPT(nn.Module):
         tr = self.transformer
         x = (tr.wte(idx) + tr.wfe(positions[..., FRAME]) + tr.wce(positions[..., COMPONENT])
              + tr.wqe(positions[..., FREQUENCY]))
+        if self.config.n_context:
+            x = x + self._context_embedding(context, B, T)
         angles = None
         if self.config.pos_emb == "learned":
             x = x + tr.wre(positions[..., BLOCK_ROW]) + tr.wke(positions[..., BLOCK_COL])

@@ -86,7 +86,8 @@ def test_recipe_errors_name_the_key_and_file(tmp_path):
 
 def test_every_recipe_in_configs_parses():
     recipes = sorted((ROOT / "configs").glob("*.toml"))
-    assert [p.name for p in recipes] == ["cpu_2h.toml", "gpu_256.toml", "quickstart.toml"]
+    assert [p.name for p in recipes] == ["cpu_2h.toml", "cpu_2h_256ctx.toml", "gpu_256.toml",
+                                         "gpu_256ctx.toml", "quickstart.toml"]
     assert not list((ROOT / "configs").glob("*.json"))
     for p in recipes:
         cfg = parse_config(TrainConfig, [str(p)])

@@ -93,6 +93,8 @@ class Tokenizer(abc.ABC):
     bos_id: int
     eos_id: int
     n_frame: int = 1   # frames one stream can hold: what a model's frame embedding must cover
+    n_context: int = 0         # context features per token (0: the tokenizer offers none)
+    context_buckets: int = 0   # each feature is an int in 0..context_buckets-1
 
     @abc.abstractmethod
     def encode(self, media: Any, name: str | None = None) -> TokenSequence:
@@ -131,6 +133,11 @@ class Tokenizer(abc.ABC):
     def prompt(self, media: Any, n_frames: int) -> TokenSequence:
         """The stream of a clip's first `n_frames` frames, open for the next (clip tokenizers only)."""
         raise TokenizerError(f"the {self.name!r} tokenizer takes no clips as prompts")
+
+    def context(self, seq: TokenSequence) -> np.ndarray:
+        """(T, n_context) int32 features of a whole stream: row t is what is known before token t+1
+        beyond the ids (e.g. decoded neighbours). None here: (T, 0)."""
+        return np.zeros((len(seq), self.n_context), np.int32)
 
     def to_jpeg(self, media: Any, name: str | None = None) -> bytes | None:
         """The JPEG this input becomes before it is tokenized (its coefficients are the tokens),

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 from tokenizer.base import Tokenizer, TokenizerError, TokenSequence, advance
 from tokenizer.jpeg import scan
 from tokenizer.jpeg.codec import decode_coefficients, encode_batch, encode_coefficients
+from tokenizer.jpeg.context import N_BUCKETS, N_CONTEXT, context_buckets, context_values
 from tokenizer.jpeg.format import ORDERS, Vocab, header_ids, header_positions
 from tokenizer.jpeg.grammar import JpegGrammar
 from tokenizer.jpeg.io import (
@@ -97,6 +98,8 @@ class JpegDctTokenizer(Tokenizer):
         self.vocab = Vocab(c.dc_range, c.ac_range, c.max_skip)
         self.vocab_size = self.vocab.size
         self.pad_id, self.bos_id, self.eos_id = self.vocab.pad, self.vocab.bos, self.vocab.eos
+        if c.order == "raster":   # tokenizer.jpeg.context (N_CONTEXT, N_BUCKETS), raster streams only
+            self.n_context, self.context_buckets = N_CONTEXT, N_BUCKETS
 
     # -- media -> JPEG at the configured geometry -------------------------------------------------
     def to_jpeg(self, media: Any, name: str | None = None) -> bytes:
@@ -174,6 +177,10 @@ class JpegDctTokenizer(Tokenizer):
         if not np.array_equal(again.ids, ids):
             raise TokenizerError("the stream decodes, but encode codes its coefficients as other ids")
         return again.positions
+
+    def context(self, seq: TokenSequence) -> np.ndarray:
+        """Lepton-style context features of a whole raster stream (tokenizer.jpeg.context), bucketed."""
+        return context_buckets(context_values(self.vocab, seq, self.config.order, self.config.bands))
 
     def decode(self, seq: TokenSequence) -> bytes:
         """Token stream in, the bytes of a baseline JPEG file out."""
