@@ -10,7 +10,7 @@ from tokenizer.corpus.clips import pans
 from tokenizer.corpus.embedded import load_photo
 from tokenizer.jpeg.format import block_layout
 from tokenizer.jpeg.io import read_coefficients
-from tokenizer.video.delta import encode_delta, motion_reference
+from tokenizer.video.delta import DeltaGrammar, encode_delta, motion_reference
 from tokenizer.video.io import read_video, real_clip
 from tokenizer.video.tokenizer import VideoConfig, VideoTokenizer
 
@@ -84,6 +84,27 @@ def test_motion_reference_moves_blocks_and_keeps_edges():
     assert grid.tolist() == [[0, 8, 9, 10], [4, 12, 13, 14], [8, 9, 10, 11], [12, 13, 14, 15]]
     chroma = ref[layout.comp == 1][:, 0] // 64                        # chroma: dy -1, dx 0 (truncated)
     assert chroma.tolist() == [18, 19, 18, 19]
+
+
+@pytest.mark.parametrize("order", ["raster", "coarse_to_fine"])
+def test_delta_units_are_skipped_per_pass_and_never_code_nothing(order):
+    """A still frame is SKIP runs that end at each pass; a DC unit is never DC(0), an empty band
+    never EOB (both are SKIPs), while a raster block may start with DC(0)."""
+    tok = VideoTokenizer(config("delta", order, quality=50, size=None))
+    v, frames = tok.vocab, block_pan((0, 0), 2)                      # 48x64 4:2:0: 72 blocks
+    seq = tok.encode(frames)
+    body = seq.ids[np.flatnonzero(seq.ids == tok.frame_d)[0] + 1:-1].tolist()
+    passes = 1 if order == "raster" else 5
+    assert body == [v.skip + 63, v.skip + 7] * passes
+    layout = block_layout(48, 64, "4:2:0", order, tok.config.bands)
+    g = DeltaGrammar(v, layout, np.zeros((layout.n_blocks, 64), np.int64), 1)
+    assert g.allowed()[v.dc + v.dc_range] == (order == "raster") and g.allowed()[v.skip]
+    if order == "coarse_to_fine":
+        g.push(v.skip + 63)
+        g.push(v.skip + 7)                                           # the DC pass, all skipped
+        assert not g.allowed()[v.eob] and g.allowed()[v.ac] and g.allowed()[v.skip]
+        g.push(v.ac)                                                  # AC(run 0, +1) at frequency 1
+        assert g.allowed()[v.eob] and not g.allowed()[v.skip]
 
 
 def walk(tok: VideoTokenizer, seed: int) -> list[int]:
