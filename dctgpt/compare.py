@@ -18,7 +18,8 @@ directory (VQ-VAE, JPEG-DCT, BPE, ...), or the shorthands "jpeg-grid" / "bpe-gri
 
 Writes results.md, results.csv, rd.png (bits per pixel of the order-0 entropy vs PSNR, plus the
 JPEG scan and model bits where present) and recon.png (originals and reconstructions side by side).
-With --videos, also results_video.md/.csv: the video tokenizer's tokens per frame, intra and delta.
+With --videos, also results_video.md/.csv: the video tokenizer's tokens per frame, intra, delta and
+motion (per-frame whole-block motion vectors).
 """
 
 from __future__ import annotations
@@ -246,17 +247,17 @@ class VideoRow:
 
 def video_rows(videos: list[str], qualities: tuple[int, ...], size: tuple[int, int],
                max_frames: int) -> list[VideoRow]:
-    """Tokens per frame of the video tokenizer in both modes, per clip and quality."""
+    """Tokens per frame of the video tokenizer in every mode, per clip and quality."""
     from skimage.metrics import peak_signal_noise_ratio
 
     from tokenizer.video.io import read_video
-    from tokenizer.video.tokenizer import VideoConfig, VideoTokenizer
+    from tokenizer.video.tokenizer import MODES, VideoConfig, VideoTokenizer
 
     rows = []
     for v in videos:
         src = [to_rgb(f) for f in read_video(v, max_frames, 1, v)]
         for q in qualities:
-            for mode in ("intra", "delta"):
+            for mode in MODES:
                 tok = VideoTokenizer(VideoConfig(mode=mode, quality=q, size=size, max_frames=max_frames))
                 t0 = time.perf_counter()
                 seq = tok.encode(v)

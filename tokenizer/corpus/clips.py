@@ -70,7 +70,9 @@ def write_corpus(out: str | os.PathLike, tok: VideoTokenizer, splits: dict[str, 
 @dataclass(frozen=True)
 class ClipsConfig:
     out: str                      # corpus directory to write
-    mode: str = "delta"           # "intra" (every frame whole) or "delta" (differences from the last frame)
+    mode: str = "delta"           # "intra" (every frame whole), "delta" (differences from the last frame)
+    #                               or "motion" (from the last frame moved by a whole-block vector)
+    order: str = "raster"         # block order within a frame (intra and delta): or "coarse_to_fine"
     quality: int = 50             # JPEG quality of the frames
     size: tuple[int, int] = (64, 64)  # (height, width) of the frames
     frames: int = 16              # frames per clip (= the tokenizer's max_frames)
@@ -80,8 +82,8 @@ class ClipsConfig:
 
 
 def main(cfg: ClipsConfig) -> dict:
-    tok = VideoTokenizer(VideoConfig(mode=cfg.mode, quality=cfg.quality, size=cfg.size,
-                                     max_frames=cfg.frames))
+    tok = VideoTokenizer(VideoConfig(mode=cfg.mode, quality=cfg.quality, size=cfg.size, order=cfg.order,
+                                     delta_order=cfg.order, max_frames=cfg.frames))
     splits = {"train": list(pans("train", cfg.pans, cfg.frames, cfg.size, cfg.seed)),
               "val": list(pans("val", max(1, cfg.pans // 10), cfg.frames, cfg.size, cfg.seed))}
     for name in cfg.clips:

@@ -1,17 +1,22 @@
-"""VideoTokenizer: a clip -> one stream of JPEG-DCT frames (intra, or deltas from the previous frame).
+"""VideoTokenizer: a clip -> one stream of JPEG-DCT frames (intra, or deltas from the previous frame,
+optionally moved by a motion vector).
 
     tok = VideoTokenizer(VideoConfig(mode="delta", quality=50, size=(64, 64), max_frames=16))
     seq = tok.encode("clip.mp4")        # a video file (PyAV, the `video` extra) or a list of frames
     jpegs = tok.decode(seq)             # list of JPEG bytes, one per frame
     write_mjpeg(jpegs, "clip.avi"); filmstrip(jpegs).save("strip.png")
 
-Stream (ids of the JPEG-DCT vocabulary, then FRAME_I, FRAME_D, QT_NEW):
+Stream (ids of the JPEG-DCT vocabulary, then FRAME_I, FRAME_D, QT_NEW; mode "motion" appends
+MV_Y(dy) and MV_X(dx) for dy, dx in -motion_range..motion_range):
 
     BOS SUB H_hi H_lo W_hi W_lo (Q | QT_CUSTOM bytes)         clip header = a JPEG header
-    ( [QT_NEW (Q | QT_CUSTOM bytes)]  (FRAME_I intra body | FRAME_D delta body) ) x frames   EOS
+    ( [QT_NEW (Q | QT_CUSTOM bytes)]  (FRAME_I intra body | FRAME_D [MV_Y MV_X] delta body) ) x frames
+    EOS
 
-An intra body is exactly a JPEG-DCT body (tokenizer.jpeg.codec, the configured block order); a delta
-body codes the difference from the previous frame's coefficients (tokenizer.video.delta). QT_NEW
+An intra body is exactly a JPEG-DCT body (tokenizer.jpeg.codec, block order `order`); a delta body
+codes the difference from a reference (tokenizer.video.delta, block order `delta_order`): the previous
+frame's coefficients, or in mode "motion" those moved by the frame's motion vector in whole luma
+blocks (MV_Y MV_X, chosen by the encoder: the fewest nonzero differences). QT_NEW
 changes the quantization tables from this frame on (FFmpeg's MJPEG rate control changes them per
 frame). Every position row carries the frame index in its frame field.
 
@@ -33,15 +38,15 @@ import numpy as np
 
 from tokenizer.base import Tokenizer, TokenizerError, TokenSequence, advance
 from tokenizer.jpeg.codec import decode_coefficients, encode_coefficients, parse_header
-from tokenizer.jpeg.format import HEADER_LEN, Vocab, block_layout, header_ids, header_positions
+from tokenizer.jpeg.format import HEADER_LEN, ORDERS, Vocab, block_layout, header_ids, header_positions
 from tokenizer.jpeg.io import Coefficients, write_coefficients
 from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
-from tokenizer.video.delta import DeltaGrammar, encode_delta
+from tokenizer.video.delta import DeltaGrammar, best_motion, encode_delta, motion_reference
 from tokenizer.video.io import filmstrip, read_frame, read_video, real_clip, write_mjpeg
 
 __all__ = ["MODES", "VideoConfig", "VideoTokenizer", "filmstrip", "read_video", "real_clip", "write_mjpeg"]
 
-MODES = ("intra", "delta")
+MODES = ("intra", "delta", "motion")
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".mpg", ".mpeg"}
 
 
@@ -49,7 +54,11 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".m
 class VideoConfig:
     """Settings of a video tokenizer; saved with it. Per-frame settings as in JpegDctConfig.
 
-    mode: "intra" (every frame on its own) or "delta" (frames after the first as differences).
+    mode: "intra" (every frame on its own), "delta" (frames after the first as differences from the
+        previous frame) or "motion" (differences from the previous frame moved by a per-frame motion
+        vector of whole luma blocks, |dy|, |dx| <= motion_range).
+    order: block order of intra frames; delta_order: of delta frames ("raster" by default, which is
+        what tokenizers saved before delta frames had an order use).
     max_frames: frames taken from a clip (and the most a stream may hold); frame_step: take every
         n-th frame. keyframe_interval: in delta mode, an intra frame every n frames (0 = first only).
     """
@@ -67,6 +76,8 @@ class VideoConfig:
     max_frames: int = 16
     frame_step: int = 1
     keyframe_interval: int = 0
+    delta_order: str = "raster"
+    motion_range: int = 3
 
     def __post_init__(self) -> None:
         if self.size is not None:
@@ -77,6 +88,10 @@ class VideoConfig:
         for name in ("max_frames", "frame_step"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected an int >= 1")
+        if self.delta_order not in ORDERS:
+            raise ValueError(f"delta_order={self.delta_order!r}: expected one of {ORDERS}")
+        if not (isinstance(self.motion_range, int) and 1 <= self.motion_range <= 16):
+            raise ValueError(f"motion_range={self.motion_range!r}: expected an int in 1..16")
         if self.keyframe_interval < 0:
             raise ValueError(f"keyframe_interval={self.keyframe_interval!r}: expected >= 0")
         self.jpeg()                                   # validates the per-frame settings
@@ -100,6 +115,10 @@ class VideoTokenizer(Tokenizer):
         base = self.vocab.size
         self.frame_i, self.frame_d, self.qt_new = base, base + 1, base + 2
         self.vocab_size = base + 3
+        if c.mode == "motion":                       # MV_Y(-R..R), MV_X(-R..R)
+            self.mv_y = base + 3
+            self.mv_x = self.mv_y + 2 * c.motion_range + 1
+            self.vocab_size = self.mv_x + 2 * c.motion_range + 1
         self.pad_id, self.bos_id, self.eos_id = self.vocab.pad, self.vocab.bos, self.vocab.eos
         self.n_frame = c.max_frames                  # what a model's frame embedding must hold
 
@@ -134,7 +153,7 @@ class VideoTokenizer(Tokenizer):
         first = coefs[0]
         hdr = header_ids(v, first.height, first.width, first.subsampling, first.qtables)
         ids, pos = [hdr], [header_positions(len(hdr))]
-        raster = block_layout(first.height, first.width, first.subsampling, "raster", c.bands)
+        layout = block_layout(first.height, first.width, first.subsampling, c.delta_order, c.bands)
         prev = None
         for f, cf in enumerate(coefs):
             new_tables = f > 0 and not np.array_equal(cf.qtables, coefs[f - 1].qtables)
@@ -142,7 +161,7 @@ class VideoTokenizer(Tokenizer):
                 q = header_ids(v, cf.height, cf.width, cf.subsampling, cf.qtables)[HEADER_LEN - 1:]
                 ids.append(np.concatenate([[self.qt_new], q]))
                 pos.append(_table_positions(f, len(q) + 1))
-            cur = raster.gather(cf)
+            cur = layout.gather(cf)
             keyframe = c.keyframe_interval and f % c.keyframe_interval == 0
             if prev is None or c.mode == "intra" or new_tables or keyframe:
                 body = encode_coefficients(v, cf, c.order, c.bands)
@@ -153,9 +172,15 @@ class VideoTokenizer(Tokenizer):
                 p[:, 0] = f
                 pos.append(p)
             else:
-                d_ids, d_pos = encode_delta(v, raster, prev, cur, f)
-                ids.append(np.array([self.frame_d] + d_ids, np.int64))
-                pos.append(np.array([(f, 0, 0, 0, 0)] + d_pos, np.int64).reshape(-1, 5))
+                start, start_pos = [self.frame_d], [(f, 0, 0, 0, 0)]
+                if c.mode == "motion":
+                    dy, dx = best_motion(layout, prev, cur, c.motion_range)
+                    prev = motion_reference(layout, prev, dy, dx)
+                    start += [self.mv_y + dy + c.motion_range, self.mv_x + dx + c.motion_range]
+                    start_pos += [(f, 0, 0, 0, 1), (f, 0, 0, 0, 2)]
+                d_ids, d_pos = encode_delta(v, layout, prev, cur, f)
+                ids.append(np.array(start + d_ids, np.int64))
+                pos.append(np.array(start_pos + d_pos, np.int64).reshape(-1, 5))
             prev = cur
         ids.append(np.array([v.eos]))
         pos.append(np.array([[len(coefs) - 1, 0, 0, 0, HEADER_LEN]]))
@@ -211,7 +236,7 @@ class VideoGrammar:
         self.tok = tok
         self.jpeg = tok.frame_tok.grammar()      # walks the clip header, then serves as a template
         self.header: list[int] = []
-        self.state = "header"                    # header | start | tables | intra | delta | done
+        self.state = "header"            # header | start | tables | intra | mv_y | mv_x | delta | done
         self.frames: list[Coefficients] = []
         self.body: list[int] = []
         self.done = False
@@ -228,6 +253,11 @@ class VideoGrammar:
             return self._pad(self.jpeg.allowed())
         if self.state == "tables":
             return self._pad(self._tables.allowed())
+        if self.state in ("mv_y", "mv_x"):
+            m = np.zeros(t.vocab_size, bool)
+            first = t.mv_y if self.state == "mv_y" else t.mv_x
+            m[first:first + 2 * t.config.motion_range + 1] = True
+            return m
         if self.state in ("intra", "delta"):
             m = self.cursor.allowed()
             if not self._frame_finished(m):
@@ -259,7 +289,7 @@ class VideoGrammar:
             if self.jpeg.layout is not None:            # header complete
                 h, w, sub, qt, _ = parse_header(t.vocab, np.array(self.header + [t.eos_id]))
                 self.geometry, self.qtables = (h, w, sub), qt
-                self.raster = block_layout(h, w, sub, "raster", t.config.bands)
+                self.layout = block_layout(h, w, sub, t.config.delta_order, t.config.bands)
                 self.template = self.jpeg
                 self.state = "start"
             return pos
@@ -269,6 +299,12 @@ class VideoGrammar:
             if self._tables.done:
                 self.qtables, self.state = self._tables.qtables, "start"
             return pos
+        if self.state == "mv_y":
+            self.dy, self.state = token - t.mv_y - t.config.motion_range, "mv_x"
+            return np.array([len(self.frames), 0, 0, 0, 1])
+        if self.state == "mv_x":
+            self._start_delta(token - t.mv_x - t.config.motion_range)
+            return np.array([len(self.frames), 0, 0, 0, 2])
         if self.state in ("intra", "delta") and not self._frame_finished(self.cursor.allowed()):
             if self.state == "intra":
                 self.body.append(token)
@@ -287,10 +323,19 @@ class VideoGrammar:
             return np.array([f, 0, 0, 0, HEADER_LEN - 2])
         if token == t.frame_i:
             self.cursor, self.body, self.state = self.template.copy(), [], "intra"
+        elif t.config.mode == "motion":
+            self.state = "mv_y"
         else:
-            prev = self.raster.gather(self.frames[-1])
-            self.cursor, self.state = DeltaGrammar(t.vocab, self.raster, prev, f), "delta"
+            self._start_delta(None)
         return np.array([f, 0, 0, 0, 0])
+
+    def _start_delta(self, dx: int | None) -> None:
+        """The delta body's cursor, over the previous frame (moved by (self.dy, dx) if given)."""
+        prev = self.layout.gather(self.frames[-1])
+        if dx is not None:
+            prev = motion_reference(self.layout, prev, self.dy, dx)
+        self.cursor = DeltaGrammar(self.tok.vocab, self.layout, prev, len(self.frames))
+        self.state = "delta"
 
     def _end_frame(self) -> None:
         h, w, sub = self.geometry
@@ -300,7 +345,7 @@ class VideoGrammar:
                                      self.tok.config.order, self.tok.config.bands)
             blocks = cf.blocks
         else:
-            blocks = self.raster.scatter(self.cursor.cur)
+            blocks = self.layout.scatter(self.cursor.cur)
         self.frames.append(Coefficients(h, w, sub, blocks, np.asarray(self.qtables, np.uint16)))
 
 
