@@ -4,6 +4,7 @@
     logits = dec.prefill(ids, positions)          # (B, T) and (B, T, 5) tensors: the prompt
     logits = dec.step(next_ids, next_positions)   # (B,) and (B, 5) numpy arrays -> (B, vocab)
     dec.forget(stream, index)                     # drop a token of one stream (sampling drew again)
+    dec.keep(rows)                                # go on with some streams only
 
 At the sizes we sample on a CPU a step costs a few dozen microseconds of arithmetic and far more
 in Python and dispatch around each op, so this twin of `GPT.forward` (model.py) spends as few
@@ -95,6 +96,14 @@ class Decoder:
         self.t = n                        # (when n == W, slot 0 holds the oldest: overwritten next)
         return logits
 
+    def keep(self, rows: list[int]) -> None:
+        """Go on with these batch rows only, in this order (streams that ended stop costing)."""
+        index = torch.tensor(rows, device=self.device)
+        self.k = [k.index_select(0, index) for k in self.k]
+        self.v = [v.index_select(0, index) for v in self.v]
+        self.valid = self.valid.index_select(0, index)
+        self.B = len(rows)
+
     def forget(self, stream: int, index: int) -> None:
         """Mask token `index` (0 = the first the ring took) out of `stream`'s attention from now on."""
         W = self.config.block_size
@@ -109,11 +118,12 @@ class Decoder:
         # one host -> device copy: token id, small-table row, block row, block column per stream
         small = (positions[:, FRAME] * c.n_component + positions[:, COMPONENT]) * c.n_frequency \
             + positions[:, FREQUENCY]
-        host = np.stack([ids, small, positions[:, BLOCK_ROW], positions[:, BLOCK_COL]], 1)
+        host = np.stack([ids, small, positions[:, BLOCK_ROW], positions[:, BLOCK_COL]], 1)   # (B, 4)
         x4 = torch.from_numpy(host.astype(np.int64)).to(self.device, non_blocking=True)   # (B, 4)
-        x = F.embedding(x4[:, 0], self.wte) + F.embedding(x4[:, 1], self.small)           # (B, C)
+        token, table_row, row, col = x4.unbind(1)
+        x = torch.embedding(self.wte, token) + torch.embedding(self.small, table_row)       # (B, C)
         if self.rows_cols is not None:  # learned block row / column tables
-            x = x + F.embedding(x4[:, 2], self.rows_cols[0]) + F.embedding(x4[:, 3], self.rows_cols[1])
+            x = x + torch.embedding(self.rows_cols[0], row) + torch.embedding(self.rows_cols[1], col)
         else:  # rotary factors for (B, 2 [q, k], nh, hs): x * cos + swapped(x) * sign * sin
             angles = (x4[:, 2:4].float() @ self.inv)[:, None, None]                      # (B, 1, 1, hs)
             cos, sin = angles.cos().to(self.dtype), (angles.sin() * self.sign).to(self.dtype)
@@ -124,7 +134,7 @@ class Decoder:
             mask = self.valid[:, None, None, :n]   # (B, 1, 1, n)
         self.t += 1
         for layer, (ln_1, bqkv, wqkv, bo, wo, ln_2, bfc, wfc, bpr, wpr) in enumerate(self.layers):
-            h = F.layer_norm(x, (C,), ln_1.weight, ln_1.bias)
+            h = torch.layer_norm(x, (C,), ln_1.weight, ln_1.bias, ln_1.eps)
             qkv = torch.addmm(bqkv, h, wqkv).view(B, 3, self.nh, self.hs)
             qk, v = qkv[:, :2], qkv[:, 2]
             if self.rows_cols is None:  # rotary: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
@@ -134,6 +144,6 @@ class Decoder:
             k, v = self.k[layer].narrow(2, 0, n), self.v[layer].narrow(2, 0, n)
             y = F.scaled_dot_product_attention(qk[:, 0, :, None], k, v, attn_mask=mask)  # (B, nh, 1, hs)
             x = torch.addmm(x if bo is None else x + bo, y.view(B, C), wo)   # residual + projection
-            h = F.gelu(torch.addmm(bfc, F.layer_norm(x, (C,), ln_2.weight, ln_2.bias), wfc))
+            h = F.gelu(torch.addmm(bfc, torch.layer_norm(x, (C,), ln_2.weight, ln_2.bias, ln_2.eps), wfc))
             x = torch.addmm(x if bpr is None else x + bpr, h, wpr)
-        return torch.mm(F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias), self.head)
+        return torch.mm(torch.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps), self.head)

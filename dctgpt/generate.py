@@ -5,7 +5,8 @@ stream is valid for the tokenizer and decodes; the position row of each new toke
 `grammar.push`. The grammar is `bounded` by default: samples stay where 8-bit pixels can put them.
 With `use_cache=True` each step is one call of `Decoder.step` (a ring KV cache of `block_size`
 tokens); with `use_cache=False` the model recomputes the last `block_size` tokens at every step
-(the reference). Finished streams emit PAD until the last one ends.
+(the reference). A finished stream feeds PAD until a quarter of the batch has finished, when the
+finished rows leave the batch.
 """
 
 from __future__ import annotations
@@ -98,31 +99,35 @@ def generate(model: GPT, tokenizer: Tokenizer, prompt: TokenSequence, num_sample
         decoder = None
         logits = _recompute(model, [s.sequence(b) for b in range(B)])
     masks = MaskTable(device)
-    pad_only = np.zeros(tokenizer.vocab_size, bool)  # what a finished stream may emit
-    pad_only[tokenizer.pad_id] = True
-    pad_only.flags.writeable = False
-    live = [b for b, g in enumerate(grammars) if not g.done]
+    rows = list(range(B))           # the stream in each row of the batch (finished ones until dropped)
+    row_of = {b: b for b in rows}
+    live = [b for b in rows if not grammars[b].done]
     bar = tqdm(total=cfg.max_new_tokens or None, disable=not progress, unit="tok", desc="sampling")
     while live and (cfg.max_new_tokens == 0 or s.step < cfg.max_new_tokens):
-        allowed = masks([pad_only if g.done else g.allowed() for g in grammars])     # (B, V)
-        nxt = sample_next(logits, allowed, cfg, gen).tolist()
-        for b in live:
+        if len(live) < len(rows):  # the logits of the streams still open
+            logits = logits[torch.tensor([row_of[b] for b in live], device=device)]
+        allowed = masks([grammars[b].allowed() for b in live])                    # (live, V)
+        for b, token in zip(live, sample_next(logits, allowed, cfg, gen).tolist()):
             try:
-                s.keep(b, nxt[b], grammars[b].push(nxt[b]))
+                s.keep(b, token, grammars[b].push(token))
             except Rewind as r:  # the grammar took this token and r.tokens - 1 before it back
                 s.rewinds, s.taken_back = s.rewinds + 1, s.taken_back + r.tokens
                 for index in s.take_back(b, r.tokens - 1):
                     if decoder is not None:
-                        decoder.forget(b, index)
+                        decoder.forget(row_of[b], index)
         live = [b for b in live if not grammars[b].done]
         s.step += 1
         bar.update(1)
         if not live:
             break
-        if decoder is not None:
-            logits = decoder.step(s.ids[:, s.step - 1], s.pos[:, s.step - 1])
-        else:
-            logits = _recompute(model, [s.sequence(b) for b in range(B)])
+        if decoder is None:
+            rows = live
+            logits = _recompute(model, [s.sequence(b) for b in live])
+            continue
+        if len(live) <= 0.75 * len(rows):  # drop finished streams from the batch (a copy of the cache)
+            decoder.keep([row_of[b] for b in live])
+            rows, row_of = live, {b: i for i, b in enumerate(live)}
+        logits = decoder.step(s.ids[rows, s.step - 1], s.pos[rows, s.step - 1])
     bar.close()
     if stats is not None:
         stats.update(steps=s.step, rewinds=s.rewinds, taken_back=s.taken_back, grammars=grammars)

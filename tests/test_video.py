@@ -215,4 +215,4 @@ def test_sample_continues_a_clip(video_corpus, tmp_path):
         frames = read_video(p, 99)
         assert p.suffix == ".avi" and 2 <= len(frames) <= 3
         assert [read_coefficients(f) for f in frames[:2]] == tok.frames(tmp_path / "prefix.avi")[:2]
-    assert (tmp_path / "run" / "samples" / "grid.png").is_file()
+    assert (tmp_path / "run" / "samples" / "001" / "grid.png").is_file()   # each run: a new folder
