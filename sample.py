@@ -5,7 +5,7 @@
 
 The checkpoint alone rebuilds model and tokenizer. Each run writes into a new folder,
 `<out_dir>/samples/001`, `002`, ... (or `samples_dir`, which must hold no earlier samples unless
-`--overwrite=true`): `sample-NNN.jpg` per sample, `grid.png`, and `sample.json` (the settings, the
+`--overwrite`): `sample-NNN.jpg` per sample, `grid.png`, and `sample.json` (the settings, the
 checkpoint and its weights' SHA-256, and each sample's file, seed and length). The grid of a prefix
 completion starts with the source photo and its kept region (the rest dimmed) beside the samples.
 """
@@ -135,7 +135,7 @@ def output_dir(cfg: SampleConfig) -> Path:
         earlier = sorted(p for p in out.iterdir() if _is_output(p.name)) if out.is_dir() else []
         if earlier and not cfg.overwrite:
             raise ValueError(f"{out}: holds an earlier run's samples ({earlier[0].name}, ...); pass "
-                             f"--overwrite=true to replace them, or leave samples_dir out for a new folder")
+                             f"--overwrite to replace them, or leave samples_dir out for a new folder")
         for p in earlier:
             p.unlink()
         out.mkdir(parents=True, exist_ok=True)

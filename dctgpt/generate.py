@@ -78,8 +78,9 @@ def generate(model: GPT, tokenizer: Tokenizer, prompt: TokenSequence, num_sample
     """Continue `prompt` (e.g. `tokenizer.header(h, w)`) into `num_samples` streams, sampled in one batch.
 
     Returns prompt + generated tokens per stream; a stream still open after `max_new_tokens` steps
-    is returned unfinished (its grammar's `done` is False). `stats`, if given, receives the steps
-    run, the rewinds (tokens a bounded grammar took back to draw again) and the grammars.
+    is returned unfinished (its grammar's `done` is False). `stats`, if given, receives `steps`,
+    `rewinds` (times a bounded grammar took tokens back to draw them again), `taken_back` (those
+    tokens) and `grammars` (the cursors, as they ended).
     """
     if len(prompt) == 0:
         raise ValueError("generate: empty prompt (start with at least the BOS token)")
@@ -121,7 +122,7 @@ def generate(model: GPT, tokenizer: Tokenizer, prompt: TokenSequence, num_sample
         if not live:
             break
         if decoder is None:
-            rows = live
+            rows, row_of = live, {b: i for i, b in enumerate(live)}
             logits = _recompute(model, [s.sequence(b) for b in live])
             continue
         if len(live) <= 0.75 * len(rows):  # drop finished streams from the batch (a copy of the cache)

@@ -138,6 +138,22 @@ def test_a_block_outside_the_range_is_taken_back_exactly():
     assert g.done and g.rejected == 1
 
 
+def test_a_block_the_prefix_began_is_not_taken_back():
+    tok = tok_for(subsampling="gray")
+    head = tok.header(8, 16, quality=25)
+    block = wild_block(tok)
+    prefix = TokenSequence(np.concatenate([head.ids, block[:3]]), np.zeros((len(head) + 3, 5), np.int64))
+    g = tok.grammar(prefix, bounded=True)
+    for t in block[3:]:
+        g.push(t)                                          # its EOB: no Rewind, nothing to go back to
+    g.push(tok.vocab.dc + tok.vocab.dc_range)              # the next block is sampled: checked
+    for t in block[1:-1]:
+        g.push(t)
+    with pytest.raises(Rewind) as e:
+        g.push(tok.vocab.eob)
+    assert e.value.tokens == len(block) and g.rejected == 1
+
+
 def test_a_block_rejected_max_tries_times_becomes_flat():
     tok = tok_for(subsampling="gray")
     g = tok.grammar(tok.header(8, 8, quality=25), bounded=True)

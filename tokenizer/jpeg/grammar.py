@@ -294,8 +294,8 @@ class JpegGrammar:
             self._enter(self.u + 1)
             return pos
         if token == v.eob:                           # the unit ends (position: frequency 64)
-            if self.resample:
-                self._check_block()
+            if self.resample and self._start is not None and self._start.u == self.u - 1:
+                self._check_block()                  # (a block the prefix began is the prefix's)
             pos = self._position(EOB_FREQ)
             self._enter(self.u + 1)
             return pos
