@@ -88,6 +88,19 @@ def test_forget_and_feed_again_equals_never_having_seen_them(window):
     assert (got[:, 1] - ref1).abs().max() < 1e-5
 
 
+def test_keep_goes_on_with_the_rows_kept_in_their_new_order():
+    model = tiny(block_size=64)
+    ids, pos = random_stream(3, 20, seed=3)
+    ref = with_kv_cache(model, ids, pos, 4)                 # (3, 17, V): after tokens 3..19
+    dec = Decoder(model, 3)
+    dec.prefill(ids[:, :4], pos[:, :4])
+    for t in range(4, 10):
+        dec.step(ids[:, t].numpy(), pos[:, t].numpy())
+    dec.keep([2, 0])                                        # stream 1 ended; 2 and 0 go on, swapped
+    got = torch.stack([dec.step(ids[[2, 0], t].numpy(), pos[[2, 0], t].numpy()) for t in range(10, 20)], 1)
+    assert (got - ref[[2, 0], 7:]).abs().max() < 1e-5
+
+
 def test_generate_takes_back_rejected_blocks_exactly():
     """An untrained model samples noise, whose blocks the bounded grammar keeps rejecting: the
     cached sampler (tokens dropped from the ring) gives the same streams as recomputing each
