@@ -14,7 +14,10 @@ trained on) brought to the same size and quality by the tokenizer. For every JPE
   through PyAV (the `video` or `test` extra), and over the luma plane alone (no chroma upsampling
   or colour conversion: what is left is the two inverse DCTs and their clamping). Real photos
   differ by about a level in RGB (upsampling and rounding) and almost nothing in luma; a sample is
-  a different picture in each decoder when these are much larger.
+  a different picture in each decoder when these are much larger;
+- the chroma gradient: mean |difference| between neighbouring pixels of the Cb and Cr planes (exact
+  inverse DCT, clamped), before upsampling. The two decoders upsample chroma differently, so their
+  RGB difference grows with it, in photos and samples alike.
 
 It also counts what the bounded grammar costs: block draws it rejected (Rewind), blocks it made
 flat after MAX_TRIES draws, and the sampled tokens it took back.
@@ -51,7 +54,7 @@ class Tally:
     images_out: int = 0     # images with at least one such block
     lowest: float = 128.0
     highest: float = 128.0
-    diffs: list[tuple[float, float]] = None  # mean |PIL - ffmpeg| per image: RGB, luma
+    diffs: list[tuple[float, float, float]] = None  # per image: |PIL - ffmpeg| RGB, luma; chroma gradient
     tokens: int = 0            # tokens kept in the samples (after the header)
     seconds: float = 0.0
     taken_back: int = 0        # tokens drawn again, rejected block draws, blocks made flat
@@ -60,9 +63,13 @@ class Tally:
 
     def add(self, jpeg: bytes) -> None:
         coef = read_coefficients(jpeg)
-        out = 0
-        for blocks, table in zip(coef.blocks, coef.qtables):
+        out, gradient = 0, []
+        for c, (blocks, table) in enumerate(zip(coef.blocks, coef.qtables)):
             px = block_pixels(blocks.reshape(-1, 64), table)              # (n, 8, 8)
+            if c:  # a chroma plane as decoded before upsampling: (rows * 8, cols * 8)
+                r, k = blocks.shape[:2]
+                plane = np.clip(px, 0, 255).reshape(r, k, 8, 8).transpose(0, 2, 1, 3).reshape(8 * r, 8 * k)
+                gradient += [np.abs(np.diff(plane, axis=0)).mean(), np.abs(np.diff(plane, axis=1)).mean()]
             lo, hi = px.min((1, 2)), px.max((1, 2))
             out += int(((lo < LOW) | (hi > HIGH)).sum())
             self.blocks += len(px)
@@ -70,7 +77,7 @@ class Tally:
         self.out += out
         self.images_out += out > 0
         self.images += 1
-        self.diffs = (self.diffs or []) + [decoder_difference(jpeg)]
+        self.diffs = (self.diffs or []) + [(*decoder_difference(jpeg), np.mean(gradient or [0.0]))]
 
     def row(self, name: str) -> str:
         d = np.array(self.diffs)
@@ -78,7 +85,7 @@ class Tally:
         return (f"{name:24s} {self.images:6d} {self.blocks:8d} {self.out:7d} ({self.out / self.blocks:7.3%}) "
                 f"{self.images_out:6d}  {self.lowest:7.0f} {self.highest:6.0f}   {d[:, 0].mean():6.2f} "
                 f"{np.percentile(d[:, 0], 99):6.2f} {d[:, 0].max():6.2f}   {d[:, 1].mean():6.3f} "
-                f"{d[:, 1].max():6.2f}   {per}")
+                f"{d[:, 1].max():6.2f}   {d[:, 2].mean():6.2f}   {per}")
 
 
 def decoder_difference(jpeg: bytes) -> tuple[float, float]:
@@ -143,7 +150,8 @@ def main() -> None:
     print(f"checkpoint {ck.directory} (iter {ck.meta.get('iter_num')}), {w}x{h}, "
           f"quality {tok.config.quality}, {tok.config.subsampling}; out of range: outside [{LOW}, {HIGH}]")
     print(f"{'images':24s} {'n':>6s} {'blocks':>8s} {'out of range':>18s} {'images':>6s}  "
-          f"{'lowest':>7s} {'highest':>6s}   |PIL-ffmpeg| RGB mean/p99/max, luma mean/max   s/image")
+          f"{'lowest':>7s} {'highest':>6s}   |PIL-ffmpeg| RGB mean/p99/max, luma mean/max   "
+          f"chroma gradient   s/image")
     print(real.row("real photos (val crops)"))
     print(bounded.row("samples, bounded"))
     if a.unbounded:
