@@ -1,11 +1,12 @@
 """Are samples photographs in every decoder? Blocks outside the 8-bit range, and two decoders' agreement.
 
-    nice python benchmarks/sample_range.py --ckpt out/quickstart --samples 1000 --unbounded 100
+    nice python benchmarks/sample_range.py --ckpt out/quickstart --samples 1000 --dc_only 100 --unbounded 100
 
 Samples `--samples` images of the checkpoint at its tokenizer's size with the bounded grammar (what
-`generate` does by default), `--unbounded` more with the grammar's DC bounds off (what it did
-before), and takes as many real photos: val crops of the embedded corpus (photos the quickstart never
-trained on) brought to the same size and quality by the tokenizer. For every JPEG it prints:
+`generate` does by default), `--dc_only` more with the DC bounds but no block drawn again, and
+`--unbounded` more with neither (what it did before), and takes as many real photos: val crops of
+the embedded corpus (photos the quickstart never trained on) brought to the same size and quality
+by the tokenizer. For every JPEG it prints:
 
 - the share of 8x8 blocks (all components) whose exact inverse DCT leaves [-64, 319]: decoders
   clamp or wrap such values differently (real photos have none);
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dctgpt import checkpoint  # noqa: E402
 from dctgpt.generate import SamplingConfig, generate  # noqa: E402
+from tokenizer import JpegDctTokenizer  # noqa: E402
 from tokenizer.corpus.embedded import crops  # noqa: E402
 from tokenizer.jpeg.grammar import HIGH, LOW, MAX_TRIES, block_pixels  # noqa: E402
 from tokenizer.jpeg.io import read_coefficients  # noqa: E402
@@ -103,11 +105,20 @@ def decoder_difference(jpeg: bytes) -> tuple[float, float]:
     return float(np.abs(pil - ff).mean()), float(np.abs(pil_y - ff_y).mean())
 
 
-def sample(ck: checkpoint.Checkpoint, n: int, batch: int, bounded: bool, seed: int, tally: Tally) -> None:
-    tok = ck.tokenizer
+class DcOnly(JpegDctTokenizer):
+    """The JPEG-DCT tokenizer whose bounded grammar bounds the DC values only (no block drawn again)."""
+
+    def grammar(self, prefix=None, bounded=False):
+        g = super().grammar(prefix, bounded)
+        g.resample = False
+        return g
+
+
+def sample(ck: checkpoint.Checkpoint, n: int, batch: int, bounded: bool, seed: int, tally: Tally,
+           dc_only: bool = False) -> None:
+    tok = DcOnly(ck.tokenizer.config) if dc_only else ck.tokenizer
     prompt = tok.header(*tok.size)
-    bar = tqdm(total=n, desc=f"samples ({'bounded' if bounded else 'unbounded'})",
-               disable=not sys.stderr.isatty())
+    bar = tqdm(total=n, desc="samples", disable=not sys.stderr.isatty())
     for start in range(0, n, batch):
         cfg = SamplingConfig(seed=seed + start, bounded=bounded)
         t0 = time.perf_counter()
@@ -128,7 +139,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="blocks outside the 8-bit range and decoder agreement")
     ap.add_argument("--ckpt", required=True, help="a training run (or its ckpt/ directory)")
     ap.add_argument("--samples", type=int, default=1000, help="bounded samples (and real photos)")
-    ap.add_argument("--unbounded", type=int, default=100, help="samples with the DC bounds off")
+    ap.add_argument("--dc_only", type=int, default=100, help="samples with DC bounds, no block drawn again")
+    ap.add_argument("--unbounded", type=int, default=100, help="samples with no bounds")
     ap.add_argument("--batch", type=int, default=50, help="streams sampled together")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -142,8 +154,10 @@ def main() -> None:
     for crop in tqdm(crops("val", a.samples, tok.size), total=a.samples, desc="real photos",
                      disable=not sys.stderr.isatty()):
         real.add(tok.to_jpeg(crop.pixels))
-    bounded, unbounded = Tally(), Tally()
+    bounded, dc_only, unbounded = Tally(), Tally(), Tally()
     sample(ck, a.samples, a.batch, True, a.seed, bounded)
+    if a.dc_only:
+        sample(ck, a.dc_only, a.batch, True, a.seed, dc_only, dc_only=True)
     if a.unbounded:
         sample(ck, a.unbounded, a.batch, False, a.seed, unbounded)
     h, w = tok.size
@@ -154,6 +168,8 @@ def main() -> None:
           f"chroma gradient   s/image")
     print(real.row("real photos (val crops)"))
     print(bounded.row("samples, bounded"))
+    if a.dc_only:
+        print(dc_only.row("samples, DC bounds only"))
     if a.unbounded:
         print(unbounded.row("samples, unbounded"))
     b = bounded
