@@ -1,86 +1,161 @@
-"""Sampling speed: KV cache against recomputing the whole prefix at every token.
+"""Sampling speed: tokens per second of `generate`, one stream and a batch, against the old step.
 
-    python benchmarks/sampling.py [--tokens 1000] [--ckpt out/quickstart] [--n_layer 4 --n_embd 128]
+    nice python benchmarks/sampling.py [--tokens 1000] [--ckpt out/quickstart] [--batch 16]
 
-Generates `--tokens` tokens one at a time from one BOS-like token, greedily, twice on the same model:
-with the sliding KV cache and by re-running the model over the whole prefix. Both follow the same
-token path (greedy, same logits), so their per-step logits are compared too (must agree to 1e-4).
-Positions follow a synthetic raster of 8x8 blocks, 10 tokens per block. Measures the model only; the
-grammar's per-token cost (the same in both paths) is left out.
+Three measurements in one run, on the quickstart-size model (4 layers, 128 wide, 768-token window;
+a fresh one, or the checkpoint's with --ckpt):
+
+1. The model step alone, greedy over `--tokens` tokens of synthetic positions: `GPT.forward` with a
+   `KVCache` (the baseline: what sampling ran before `Decoder`), `Decoder.step`, and with
+   --recompute the whole window re-run per token. Their logits must agree (to 1e-4; a recompute
+   within the first window).
+2. `generate` end to end (grammar, masks, sampling, model), `--tokens` steps of a 256x256 image
+   (longer than the steps, so no stream ends): one stream, then `--batch` streams. Tokens/s counts
+   every token sampled; "kept" leaves out those a bounded grammar took back to draw again. The gain
+   from batching is (tokens/s of the batch) / (tokens/s of one stream); `--batch` is the ideal.
+   A fresh model samples near-uniform noise, whose blocks a bounded grammar keeps drawing again,
+   so without --ckpt the grammar is unbounded; with --ckpt it is bounded, as sample.py runs it.
+3. With CUDA: `generate` on the GPU recipe's model (configs/gpu_256.json: 12 layers, 768 wide).
+
+Each figure is printed as wall-clock tokens/s and as tokens per CPU-second of this process (on a
+shared machine the second is the steadier; on a quiet one they agree).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dctgpt.decoder import Decoder  # noqa: E402
+from dctgpt.generate import SamplingConfig, generate  # noqa: E402
 from dctgpt.model import GPT, GPTConfig, KVCache  # noqa: E402
+from tokenizer import JpegDctConfig, JpegDctTokenizer  # noqa: E402
 
 
-def synthetic_position(t: int, width_blocks: int = 32) -> torch.Tensor:
+class Clock:
+    """Wall and process CPU seconds since start."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def rate(n: int, seconds: tuple[float, float]) -> str:
+    return f"{n / seconds[0]:8.0f} tokens/s ({n / seconds[1]:6.0f} per CPU-s)"
+
+
+def synthetic_position(t: int, width_blocks: int = 32) -> np.ndarray:
     block, k = divmod(t, 10)
-    return torch.tensor([0, 1, block // width_blocks, block % width_blocks, min(6 * k, 64)])
+    return np.array([0, 1, block // width_blocks, block % width_blocks, min(6 * k, 64)])
 
 
 @torch.no_grad()
-def run(model: GPT, n_tokens: int, use_cache: bool) -> tuple[float, torch.Tensor]:
-    """Greedy decoding of n_tokens; returns (seconds, logits (n_tokens, vocab))."""
-    ids = torch.zeros(1, 1, dtype=torch.long)
-    pos = synthetic_position(0).view(1, 1, 5)
-    cache = KVCache(model.config, 1) if use_cache else None
-    out = []
-    t0 = time.perf_counter()
-    x, p = ids, pos
+def model_step(model: GPT, n_tokens: int, how: str) -> tuple[tuple[float, float], torch.Tensor]:
+    """Greedy decoding of n_tokens one at a time; returns (seconds, logits (n_tokens, vocab))."""
+    ids = np.zeros(1, np.int64)
+    pos = synthetic_position(0)[None]
+    cache = KVCache(model.config, 1) if how == "kvcache" else None
+    decoder = Decoder(model, 1) if how == "decoder" else None
+    all_ids, all_pos, out = torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0, 5, dtype=torch.long), []
+    clock = Clock()
     for t in range(n_tokens):
-        if cache is not None:
+        x, p = torch.from_numpy(ids)[None], torch.from_numpy(pos)[None]
+        if decoder is not None:
+            logits = decoder.step(ids, pos)
+        elif cache is not None:
             logits = model(x, p, cache=cache)[0][:, -1]
         else:
-            logits = model(ids, pos)[0][:, -1]
+            all_ids, all_pos = torch.cat([all_ids, x], 1), torch.cat([all_pos, p], 1)
+            W = model.config.block_size
+            logits = model(all_ids[:, -W:], all_pos[:, -W:])[0][:, -1]
         out.append(logits[0])
-        x = logits.argmax(-1, keepdim=True)
-        p = synthetic_position(t + 1).view(1, 1, 5)
-        ids, pos = torch.cat([ids, x], 1), torch.cat([pos, p], 1)
-    return time.perf_counter() - t0, torch.stack(out)
+        ids = logits.argmax(-1).numpy()
+        pos = synthetic_position(t + 1)[None]
+    return clock.stop(), torch.stack(out)
+
+
+def sample_rate(model: GPT, tok: JpegDctTokenizer, n_tokens: int, batch: int,
+                bounded: bool) -> tuple[int, int, tuple[float, float]]:
+    """`generate` for n_tokens steps of `batch` streams of a 256x256 image: (tokens sampled, tokens
+    kept, seconds); a bounded grammar takes some back to draw them again."""
+    cfg = SamplingConfig(max_new_tokens=n_tokens, bounded=bounded)
+    prompt = tok.header(256, 256)
+    generate(model, tok, prompt, batch, SamplingConfig(max_new_tokens=20, bounded=bounded))  # warm up
+    stats: dict = {}
+    clock = Clock()
+    out = generate(model, tok, prompt, batch, cfg, stats=stats)
+    seconds = clock.stop()
+    kept = sum(len(s) - len(prompt) for s in out)
+    return kept + stats["taken_back"], kept, seconds
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="KV cache vs recompute sampling speed")
+    ap = argparse.ArgumentParser(description="sampling speed: generate, one stream and a batch")
     ap.add_argument("--tokens", type=int, default=1000)
-    ap.add_argument("--ckpt", default="", help="use this checkpoint's model (else a fresh one)")
-    ap.add_argument("--n_layer", type=int, default=4)
-    ap.add_argument("--n_head", type=int, default=4)
-    ap.add_argument("--n_embd", type=int, default=128)
-    ap.add_argument("--vocab_size", type=int, default=1344)
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--ckpt", default="", help="use this checkpoint's model and tokenizer (else a fresh one)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny ops only wait for more)")
+    ap.add_argument("--recompute", action="store_true", help="also time re-running the window per token")
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads)
     if a.ckpt:
         from dctgpt import checkpoint
-        model = checkpoint.load(a.ckpt).model
+        ck = checkpoint.load(a.ckpt)
+        model, tok = ck.model, ck.tokenizer
     else:
+        tok = JpegDctTokenizer(JpegDctConfig())
         torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=a.vocab_size, block_size=a.tokens + 1, n_layer=a.n_layer,
-                              n_head=a.n_head, n_embd=a.n_embd))
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=768, n_layer=4, n_head=4, n_embd=128))
     model.eval()
-    if a.tokens > model.config.block_size:
-        raise ValueError(f"--tokens={a.tokens} exceeds the model's block_size {model.config.block_size}")
-    run(model, 20, True)  # warm up
-    t_cache, l_cache = run(model, a.tokens, True)
-    t_full, l_full = run(model, a.tokens, False)
-    diff = (l_cache - l_full).abs().max().item()
-    print(f"model: {model.get_num_params() / 1e6:.2f}M params, {a.tokens} tokens, "
-          f"{torch.get_num_threads()} threads")
-    print(f"KV cache : {a.tokens / t_cache:9.1f} tokens/s ({t_cache:.2f} s)")
-    print(f"recompute: {a.tokens / t_full:9.1f} tokens/s ({t_full:.2f} s)")
-    print(f"speed-up : {t_full / t_cache:.1f}x   max |logit difference| {diff:.2e} "
-          f"({'OK' if diff < 1e-4 else 'ABOVE 1e-4'})")
+    print(f"model: {model.get_num_params() / 1e6:.2f}M params, window {model.config.block_size}, "
+          f"{a.tokens} tokens, {torch.get_num_threads()} threads"
+          f"{', checkpoint ' + a.ckpt if a.ckpt else ', fresh weights'}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+    model_step(model, 20, "decoder")  # warm up
+    base, ref = model_step(model, a.tokens, "kvcache")
+    fast, got = model_step(model, a.tokens, "decoder")
+    diff = (got - ref).abs().max().item()
+    print("1. model step alone, one stream")
+    print(f"   GPT.forward + KVCache (baseline) {rate(a.tokens, base)}")
+    ok = "OK" if diff < 1e-4 else "ABOVE 1e-4"
+    print(f"   Decoder.step                     {rate(a.tokens, fast)}   "
+          f"{base[0] / fast[0]:.1f}x   max |logit difference| {diff:.1e} ({ok})")
+    if a.recompute:  # (past the window a multi-layer cache is close to a recompute, not equal)
+        full, rec = model_step(model, a.tokens, "recompute")
+        d = (rec - ref)[:model.config.block_size].abs().max().item()
+        print(f"   recompute the window per token   {rate(a.tokens, full)}   "
+              f"{full[0] / fast[0]:.0f}x slower than Decoder   max |logit difference| {d:.1e}")
+
+    bounded = bool(a.ckpt)
+    print(f"2. generate (grammar {'bounded' if bounded else 'unbounded'}), 256x256 prompt")
+    n1, k1, s1 = sample_rate(model, tok, a.tokens, 1, bounded)
+    nb, kb, sb = sample_rate(model, tok, a.tokens, a.batch, bounded)
+    print(f"   1 stream   {rate(n1, s1)}   target >= 2,000 tokens/s: "
+          f"{'met' if n1 / s1[0] >= 2000 else 'NOT met'} (wall); kept {k1 / s1[0]:.0f} tokens/s")
+    print(f"   {a.batch} streams {rate(nb, sb)}   gain {(nb / sb[0]) / (n1 / s1[0]):.1f}x wall, "
+          f"{(nb / sb[1]) / (n1 / s1[1]):.1f}x CPU (ideal {a.batch}x); kept {kb / sb[0]:.0f} tokens/s")
+
+    if torch.cuda.is_available():
+        gpu = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=4096, n_layer=12, n_head=12,
+                            n_embd=768)).to("cuda", torch.bfloat16).eval()
+        print(f"3. GPU recipe model ({gpu.get_num_params() / 1e6:.0f}M params, bf16) on "
+              f"{torch.cuda.get_device_name()}")
+        for b in (1, a.batch):
+            n, _, s = sample_rate(gpu, tok, a.tokens, b, False)
+            print(f"   {b:2d} stream(s) {rate(n, s)}")
+    else:
+        print("3. GPU recipe model: no CUDA here, not measured")
 
 
 if __name__ == "__main__":

@@ -40,10 +40,12 @@ def pick(rng: np.random.Generator, tok: BpeTokenizer, allowed: np.ndarray) -> in
     return int(rng.choice(ids))
 
 
+@pytest.mark.parametrize("bounded", [False, True])
 @pytest.mark.parametrize("seed", range(3))
-def test_compiled_check_matches_the_trie_walk(bpe, seed):
+def test_compiled_check_matches_the_trie_walk(bpe, seed, bounded):
+    """Unbounded (encoding's grammar) and bounded (sampling's: DC within what 8-bit blocks give)."""
     rng = np.random.default_rng(seed)
-    g = bpe.grammar(bpe.header(16 + 8 * seed, 8 + 8 * seed, quality=60 + 10 * seed))
+    g = bpe.grammar(bpe.header(16 + 8 * seed, 8 + 8 * seed, quality=60 + 10 * seed), bounded=bounded)
     compiled = steps = 0
     while not g.done:
         allowed = g.allowed()

@@ -234,4 +234,4 @@ def test_sample_continues_a_clip(video_corpus, tmp_path):
     # after two frames the grammar allows the end (a 2-frame clip) or a third frame (max_frames=3):
     # some streams must go on with a sampled frame, not the clip's own third frame
     assert third and any(f != source[2] for f in third)
-    assert (tmp_path / "run" / "samples" / "grid.png").is_file()
+    assert (tmp_path / "run" / "samples" / "001" / "grid.png").is_file()   # each run: a new folder

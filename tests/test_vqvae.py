@@ -182,7 +182,7 @@ def test_train_main_runs_on_vq_tokens(trained, tmp_path):
     paths = sample.main(sample.SampleConfig(out_dir=str(tmp_path / "run"), num_samples=2, batch_size=2))
     for p in paths:
         assert Image.open(p).size == (16, 16)
-    assert (tmp_path / "run" / "samples" / "grid.png").is_file()
+    assert (tmp_path / "run" / "samples" / "001" / "grid.png").is_file()   # each run: a new folder
     from dctgpt import evaluate  # bits per image on learned tokens; no JPEG scan to compare with
     folder = tmp_path / "images"
     folder.mkdir()

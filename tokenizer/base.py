@@ -27,6 +27,16 @@ class TokenizerError(ValueError):
     """Bad input to a tokenizer: the message names the input and the reason."""
 
 
+class Rewind(Exception):
+    """A bounded cursor's `push` took a token that completes something 8-bit pixels cannot show (a
+    JPEG block whose pixels leave the range): the cursor is back where it was `tokens` pushes ago,
+    this one included, so the sampler drops those tokens and samples them again."""
+
+    def __init__(self, tokens: int):
+        super().__init__(f"take back the last {tokens} tokens")
+        self.tokens = tokens
+
+
 @dataclass(frozen=True, eq=False)
 class TokenSequence:
     """`ids` (T,) int32 and `positions` (T, 5) int32, one row per token (see POSITION_FIELDS)."""
@@ -64,8 +74,9 @@ class Grammar(Protocol):
     """A cursor over the regular language of valid streams: which ids may come next.
 
     `allowed()` is a bool mask of shape (vocab_size,); `push(id)` consumes one id and returns its
-    position row (5,), raising TokenizerError if the id is not allowed; `done` is True after the end
-    token. A sampler masks the logits with `allowed()` so every finished stream decodes.
+    position row (5,), raising TokenizerError if the id is not allowed (and, from a bounded cursor,
+    Rewind when it takes tokens back); `done` is True after the end token. A sampler masks the
+    logits with `allowed()` so every finished stream decodes.
     """
 
     done: bool
@@ -105,8 +116,13 @@ class Tokenizer(abc.ABC):
         """A finished stream -> media: JPEG or PNG bytes for an image, a list of JPEGs for a clip."""
 
     @abc.abstractmethod
-    def grammar(self, prefix: TokenSequence | None = None) -> Grammar:
-        """A cursor over the valid streams, after `prefix`: what may come next."""
+    def grammar(self, prefix: TokenSequence | None = None, bounded: bool = False) -> Grammar:
+        """A cursor over the valid streams, after `prefix`: what may come next.
+
+        bounded=True (for sampling; encoding never uses it): after the prefix, allow only what
+        8-bit pixels can give (JPEG-DCT: each DC where a block of 0..255 puts it), where a valid
+        stream may hold more. Tokenizers whose every stream decodes in range ignore it.
+        """
 
     @abc.abstractmethod
     def header(self, height: int, width: int, quality: int | None = None,

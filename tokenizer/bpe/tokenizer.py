@@ -102,8 +102,10 @@ class BpeTokenizer(Tokenizer):
         single = {int(e[0]): i for i, e in enumerate(self.expansion) if len(e) == 1}
         return TokenSequence(np.array([single[int(t)] for t in h.ids]), h.positions)
 
-    def grammar(self, prefix: TokenSequence | None = None) -> BpeGrammar:
-        return advance(BpeGrammar(self), prefix)
+    def grammar(self, prefix: TokenSequence | None = None, bounded: bool = False) -> BpeGrammar:
+        g = advance(BpeGrammar(self), prefix)
+        g.base.bounded = bounded     # the base cursor's DC bounds (tokenizer.jpeg.grammar)
+        return g
 
     def to_jpeg(self, media: Any, name: str | None = None) -> bytes:
         return self.base.to_jpeg(media, name)

@@ -12,10 +12,13 @@ static inline int step(const GCtx *C, GState *S, int tok) {
     const VocabIds *v = &C->v;
     int r = v->dc_range, a = v->ac_range;
     if (S->done) return 0;
-    if (S->n_pending) {                              /* inside an escape: its next byte */
-        int value = tok - v->byte, limit = S->pending[0];
-        if (value < 0 || value > limit) return 0;
-        if (S->n_pending == 2) S->pending[0] = value < limit ? 255 : S->pending[1];   /* frees the low byte */
+    if (S->n_pending) {                              /* inside an escape: its next byte, within its limits */
+        int value = tok - v->byte, lo = S->pending_lo[0], hi = S->pending_hi[0];
+        if (value < lo || value > hi) return 0;
+        if (S->n_pending == 2) {                     /* a high byte inside its limits frees the low byte */
+            S->pending_lo[0] = value == lo ? S->pending_lo[1] : 0;
+            S->pending_hi[0] = value == hi ? S->pending_hi[1] : 255;
+        }
         S->n_pending--;
         if (S->esc_active) {                         /* a DC escape: its value once complete */
             S->esc_payload = S->esc_payload * 256 + value;
@@ -42,10 +45,11 @@ static inline int step(const GCtx *C, GState *S, int tok) {
         } else if (tok == v->dc + 2 * r + 1 || tok == v->dc + 2 * r + 2) {
             int sign = tok == v->dc + 2 * r + 1 ? 1 : -1;
             if (sign > 0 ? hi <= r : lo >= -r) return 0;
-            long limit = (sign > 0 ? hi : -lo) - r - 1;
+            long least = (sign > 0 ? lo : -hi) - r - 1, most = (sign > 0 ? hi : -lo) - r - 1;
+            if (least < 0) least = 0;                /* |difference| limits, as payloads */
             S->n_pending = 2;
-            S->pending[0] = (int)(limit >> 8);
-            S->pending[1] = (int)(limit & 255);
+            S->pending_lo[0] = (int)(least >> 8); S->pending_hi[0] = (int)(most >> 8);
+            S->pending_lo[1] = (int)(least & 255); S->pending_hi[1] = (int)(most & 255);
             S->esc_active = 1; S->esc_comp = c; S->esc_sign = sign; S->esc_payload = 0;
         } else return 0;
     } else {                                        /* AC band [s, e) from k */
@@ -74,8 +78,8 @@ static inline int step(const GCtx *C, GState *S, int tok) {
             if (slot >= 2 * a) {
                 int limit = C->ac_max - a - 1;
                 S->n_pending = 2;
-                S->pending[0] = limit >> 8;
-                S->pending[1] = limit & 255;
+                S->pending_lo[0] = 0; S->pending_hi[0] = limit >> 8;
+                S->pending_lo[1] = 0; S->pending_hi[1] = limit & 255;
             }
             return 1;
         } else return 0;

@@ -316,11 +316,14 @@ static PyObject *py_accepts(PyObject *self, PyObject *args) {
         C.dc_hi[c] = h ? PyLong_AsLong(h) : 0;
         Py_XDECREF(x); Py_XDECREF(l); Py_XDECREF(h);
     }
-    S.n_pending = (int)PySequence_Size(pend);
+    S.n_pending = (int)PySequence_Size(pend);        /* ((lo, hi), ...) per escape byte to come */
     for (int i = 0; i < S.n_pending; i++) {
         PyObject *x = PySequence_GetItem(pend, i);
-        S.pending[i] = x ? (int)PyLong_AsLong(x) : 0;
-        Py_XDECREF(x);
+        if (!x || !PyArg_ParseTuple(x, "ii", &S.pending_lo[i], &S.pending_hi[i])) {
+            Py_XDECREF(x);
+            goto done;
+        }
+        Py_DECREF(x);
     }
     if (esc != Py_None && !PyArg_ParseTuple(esc, "iil", &S.esc_comp, &S.esc_sign, &S.esc_payload)) goto done;
     S.esc_active = esc != Py_None;

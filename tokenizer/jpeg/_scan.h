@@ -92,7 +92,7 @@ const char *parse_tokens(const Geometry *g, const int32_t *ids, size_t n, const 
 /* A JpegGrammar cursor in the body, flattened (tokenizer/jpeg/accepts.py fills it). */
 typedef struct {
     int u, k, after_zrl, no_skip, done;   /* unit, next zigzag index, ... as in grammar.py */
-    int n_pending, pending[2];            /* escape bytes to come: their largest values */
+    int n_pending, pending_lo[2], pending_hi[2];   /* escape bytes to come: their value limits */
     int esc_active, esc_comp, esc_sign;   /* a DC escape under way */
     long esc_payload;
     long dc[MAX_COMP];                    /* DC value per component */

@@ -24,10 +24,13 @@ from tokenizer.jpeg.io import AC_MAX, DC_MAX, DC_MIN
 from tokenizer.jpeg.scan import _scan, _vocab_ids
 
 # The attributes of a JpegGrammar in the body, all of which the C port reads or does not need
-# (masks, positions, the header). Any other state, and the port does not know the cursor.
-_BODY_STATE = frozenset({"vocab", "order", "bands", "max_pixels", "_masks", "header", "layout", "done",
-                         "_pending", "_pending_pos", "_dc", "_dc_escape", "units", "u", "k", "after_zrl",
-                         "no_skip"})
+# (masks, positions, the header, the block being resampled). Any other state, and the port does not
+# know the cursor. A cursor that resamples blocks (grammar.py's `resample`) may take a block back at
+# its EOB, which the port does not model: accepts() leaves such a cursor to the reference walk.
+_BODY_STATE = frozenset({"vocab", "order", "bands", "max_pixels", "_masks", "_cur", "_bounded", "header",
+                         "layout", "done", "_pending", "_pending_pos", "_dc", "_escaping", "resample",
+                         "rejected", "flattened", "_n", "_block", "_start", "_tries", "_qtables",
+                         "_dc_bounds", "units", "u", "k", "after_zrl", "no_skip"})
 
 
 class Pieces(NamedTuple):
@@ -65,13 +68,17 @@ def accepts(grammar: JpegGrammar, pieces: Pieces) -> np.ndarray | None:
     """(P,) bool: which sequences `grammar` takes from where it is; None where the C port does not
     apply (no compiled extension, the header, or a cursor state it does not know)."""
     g = grammar
-    if _scan is None or type(g) is not JpegGrammar or g.layout is None or vars(g).keys() != _BODY_STATE:
+    if (_scan is None or type(g) is not JpegGrammar or g.layout is None or vars(g).keys() != _BODY_STATE
+            or g.resample):
         return None
     n = len(g._dc)
-    state = (g.u, g.k, int(g.after_zrl), int(g.no_skip), int(g.done), tuple(g._pending), g._dc_escape,
+    escape = None                         # a DC escape under way: (component, sign, payload so far)
+    if g._pending and g._escaping[1] == 0:
+        escape = (g._escaping[0], g._escaping[2], g._escaping[3])
+    state = (g.u, g.k, int(g.after_zrl), int(g.no_skip), int(g.done), tuple(g._pending), escape,
              tuple(g._dc))
-    ctx = (g.layout.n_blocks, int(g.order == "raster"), g.vocab.max_skip, AC_MAX, (DC_MIN,) * n,
-           (DC_MAX,) * n)
+    lo, hi = zip(*g._dc_bounds) if g.bounded else ((DC_MIN,) * n, (DC_MAX,) * n)
+    ctx = (g.layout.n_blocks, int(g.order == "raster"), g.vocab.max_skip, AC_MAX, lo, hi)
     mask = _scan.accepts(pieces.ids, pieces.offsets, pieces.order, pieces.lcp, state, ctx, _units(g.layout),
                          _vocab_ids(g.vocab))
     return None if mask is None else np.frombuffer(mask, np.bool_)

@@ -37,7 +37,8 @@ HEADER_LEN = 7       # BOS SUB H_hi H_lo W_hi W_lo Q|QT_CUSTOM
 
 @dataclass(frozen=True)
 class Vocab:
-    """Id ranges of the JPEG-DCT vocabulary for given direct value ranges."""
+    """Id ranges of the JPEG-DCT vocabulary for given direct value ranges (offsets computed once:
+    the grammar reads them at every token)."""
 
     dc_range: int = 64
     ac_range: int = 16
@@ -48,43 +49,43 @@ class Vocab:
     eos: int = 2
     sub: int = 3                         # + index into SUBSAMPLINGS
 
-    @property
+    @cached_property
     def quality(self) -> int:            # + quality - 1, quality 1..100
         return self.sub + len(SUBSAMPLINGS)
 
-    @property
+    @cached_property
     def qt_custom(self) -> int:
         return self.quality + 100
 
-    @property
+    @cached_property
     def byte(self) -> int:               # + value 0..255
         return self.qt_custom + 1
 
-    @property
+    @cached_property
     def dc(self) -> int:                 # + diff + dc_range; then ESC+, ESC-
         return self.byte + 256
 
-    @property
+    @cached_property
     def ac(self) -> int:                 # + run * ac_stride + slot
         return self.dc + 2 * self.dc_range + 3
 
-    @property
+    @cached_property
     def ac_stride(self) -> int:          # slots: +v -> v-1, -v -> ac_range+v-1, ESC+ 2A, ESC- 2A+1
         return 2 * self.ac_range + 2
 
-    @property
+    @cached_property
     def zrl(self) -> int:
         return self.ac + 16 * self.ac_stride
 
-    @property
+    @cached_property
     def eob(self) -> int:
         return self.zrl + 1
 
-    @property
+    @cached_property
     def skip(self) -> int:               # + n - 1, n = 1..max_skip
         return self.eob + 1
 
-    @property
+    @cached_property
     def size(self) -> int:
         return self.skip + self.max_skip
 

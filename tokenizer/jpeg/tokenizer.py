@@ -201,9 +201,13 @@ class JpegDctTokenizer(Tokenizer):
         ids = header_ids(self.vocab, height, width, sub, standard_qtables(q, 1 if sub == "gray" else 3))
         return TokenSequence(ids, header_positions(len(ids)))
 
-    def grammar(self, prefix: TokenSequence | None = None) -> JpegGrammar:
-        """A cursor over valid streams (tokenizer.jpeg.grammar), advanced past `prefix` if given."""
-        g = JpegGrammar(self.vocab, self.config.order, self.config.bands, self.config.max_pixels)
-        return advance(g, prefix)
+    def grammar(self, prefix: TokenSequence | None = None, bounded: bool = False) -> JpegGrammar:
+        """A cursor over valid streams (tokenizer.jpeg.grammar), advanced past `prefix` if given.
+        `bounded` (sampling): after the prefix, every DC within what 8-bit pixels give, and in raster
+        order every block's pixels within [LOW, HIGH] (push raises Rewind to draw a block again)."""
+        g = advance(JpegGrammar(self.vocab, self.config.order, self.config.bands, self.config.max_pixels),
+                    prefix)
+        g.bounded, g.resample = bounded, bounded and self.config.order == "raster"
+        return g
 
     # -- persistence ------------------------------------------------------------------------------

@@ -215,8 +215,10 @@ class VideoTokenizer(Tokenizer):
         cut = starts[frames >= n_frames]
         return seq[:int(cut[0])] if len(cut) else seq[:-1]
 
-    def grammar(self, prefix: TokenSequence | None = None) -> VideoGrammar:
-        return advance(VideoGrammar(self), prefix)
+    def grammar(self, prefix: TokenSequence | None = None, bounded: bool = False) -> VideoGrammar:
+        g = advance(VideoGrammar(self), prefix)
+        g.jpeg.bounded = bounded     # intra frames after the prefix (copies of this cursor); delta
+        return g                     # frames are not bounded
 
     # -- persistence ------------------------------------------------------------------------------
 

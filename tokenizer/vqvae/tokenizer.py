@@ -161,8 +161,8 @@ class VqVaeTokenizer(Tokenizer):
         pos[:, 4] = [0, 1, 2]
         return TokenSequence(np.array(ids), pos)
 
-    def grammar(self, prefix: TokenSequence | None = None) -> VqGrammar:
-        return advance(VqGrammar(self), prefix)
+    def grammar(self, prefix: TokenSequence | None = None, bounded: bool = False) -> VqGrammar:
+        return advance(VqGrammar(self), prefix)     # codes always decode in range: bounded is moot
 
     # -- persistence ------------------------------------------------------------------------------
     def save_files(self, directory: Path) -> None:
