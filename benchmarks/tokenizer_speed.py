@@ -7,7 +7,7 @@ Same files, same run: random crops of the wheel photos, written as JPEGs at the 
 quality (4:2:0, raster). encode (JPEG bytes -> ids) is timed against PIL's full decode of those
 files to RGB; decode (ids -> JPEG bytes) against PIL's encode of the same pixels at that quality.
 Ratios are tokenizer images/s over PIL images/s (target >= 1.0), for the compiled path (the default,
-tokenizer.jpeg.scan) and the reference path (libjpeg through jpeglib + the numpy codec). Then the BPE
+tokenizer.jpeg.compiled) and the reference path (libjpeg through jpeglib + the numpy codec). Then the BPE
 grammar's milliseconds per step (target <= 1 ms) along the BPE streams of crops, with the BPE of
 --bpe DIR or one of 4,096 pieces trained here on 64 px quality-25 crops of the embedded corpus's train
 photos; then tokens per image at 64, 128 and 256 px for qualities 10, 25 and 50 in both orders, with
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokenizer import JpegDctConfig, JpegDctTokenizer, TokenSequence, load_tokenizer  # noqa: E402
 from tokenizer.bpe.tokenizer import BpeTokenizer  # noqa: E402
 from tokenizer.corpus import embedded  # noqa: E402
-from tokenizer.jpeg import scan  # noqa: E402
+from tokenizer.jpeg import compiled  # noqa: E402
 
 SIZES = (64, 128, 256)
 QUALITIES = (10, 25, 50)
@@ -93,7 +93,7 @@ def pil_encoder(quality: int):
 
 
 def speed_table(images: list[np.ndarray], n: int, seconds: float, quality: int = 25) -> list[dict]:
-    compiled = scan.enabled
+    built = compiled.enabled
     rows = []
     for size in SIZES:
         tok = JpegDctTokenizer(JpegDctConfig(quality=quality, size=(size, size)))
@@ -104,10 +104,10 @@ def speed_table(images: list[np.ndarray], n: int, seconds: float, quality: int =
                    pil_dec=rate(pil_decode, files, seconds),
                    pil_enc=rate(pil_encoder(quality), pixels, seconds))
         for path in ("compiled", "reference"):
-            scan.enabled = compiled and path == "compiled"
+            compiled.enabled = built and path == "compiled"
             row[path] = (rate(tok.encode, files, seconds), rate(tok.decode, seqs, seconds)) \
-                if scan.enabled or path == "reference" else (float("nan"), float("nan"))
-        scan.enabled = compiled
+                if compiled.enabled or path == "reference" else (float("nan"), float("nan"))
+        compiled.enabled = built
         rows.append(row)
     return rows
 

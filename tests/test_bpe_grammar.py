@@ -8,10 +8,10 @@ import pytest
 from tokenizer import JpegDctConfig, JpegDctTokenizer
 from tokenizer.bpe.tokenizer import BpeTokenizer
 from tokenizer.corpus.embedded import crops
-from tokenizer.jpeg import scan
+from tokenizer.jpeg import compiled
 from tokenizer.jpeg.accepts import accepts
 
-pytestmark = pytest.mark.skipif(not scan.enabled, reason="compiled path not built (or DCTGPT_COMPILED=0)")
+pytestmark = pytest.mark.skipif(not compiled.enabled, reason="compiled path not built (or DCTGPT_COMPILED=0)")
 
 
 @pytest.fixture(scope="module", params=[("raster", "4:2:0"), ("coarse_to_fine", "4:4:4"),

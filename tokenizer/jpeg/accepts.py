@@ -18,10 +18,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tokenizer.jpeg.compiled import _scan, _vocab_ids
 from tokenizer.jpeg.format import BlockLayout
 from tokenizer.jpeg.grammar import JpegGrammar
 from tokenizer.jpeg.io import AC_MAX, DC_MAX, DC_MIN
-from tokenizer.jpeg.scan import _scan, _vocab_ids
 
 # The attributes of a JpegGrammar in the body, all of which the C port reads or does not need
 # (masks, positions, the header, the block being resampled). Any other state, and the port does not

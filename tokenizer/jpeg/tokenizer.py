@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from tokenizer.base import Tokenizer, TokenizerError, TokenSequence, advance
-from tokenizer.jpeg import scan
+from tokenizer.jpeg import compiled
 from tokenizer.jpeg.codec import decode_coefficients, encode_batch, encode_coefficients
 from tokenizer.jpeg.context import N_BUCKETS, N_CONTEXT, context_buckets, context_values
 from tokenizer.jpeg.format import ORDERS, Vocab, header_ids, header_positions
@@ -146,7 +146,7 @@ class JpegDctTokenizer(Tokenizer):
         return self.encode_batch([media], [name])[0]
 
     def encode_batch(self, media: list, names: list[str | None] | None = None) -> list[TokenSequence]:
-        """encode() of many inputs. JPEGs the compiled path takes (tokenizer.jpeg.scan) go straight
+        """encode() of many inputs. JPEGs the compiled path takes (tokenizer.jpeg.compiled) go straight
         from their scan to ids; the rest are read by libjpeg and coded in one numpy pass."""
         c = self.config
         out: list[TokenSequence | None] = []
@@ -154,7 +154,7 @@ class JpegDctTokenizer(Tokenizer):
         for m, n in zip(media, names or [None] * len(media)):
             n = n or name_of(m)
             data = self.to_jpeg(m, n)
-            out.append(scan.encode_jpeg(self.vocab, data, c.order, c.bands))
+            out.append(compiled.encode_jpeg(self.vocab, data, c.order, c.bands))
             if out[-1] is None:
                 rest.append(len(out) - 1)
                 coefs.append(read_coefficients(data, n))
@@ -184,7 +184,7 @@ class JpegDctTokenizer(Tokenizer):
 
     def decode(self, seq: TokenSequence) -> bytes:
         """Token stream in, the bytes of a baseline JPEG file out."""
-        jpeg = scan.decode_jpeg(self.vocab, seq, self.config.order, self.config.bands)
+        jpeg = compiled.decode_jpeg(self.vocab, seq, self.config.order, self.config.bands)
         if jpeg is not None:
             return jpeg
         coef = self.decode_coefficients(seq)

@@ -1,8 +1,8 @@
-"""The compiled JPEG path (tokenizer.jpeg.scan) against the reference path (libjpeg + numpy codec):
+"""The compiled JPEG path (tokenizer.jpeg.compiled) against the reference path (libjpeg + numpy codec):
 the same ids, positions and file bytes on real photos, and on every odd file it takes; the same
 answer or error on everything else.
 
-    PYTHONPATH=.:tests python tests/test_scan.py [folder]   # the sweep over ../shared/robust-jpeg
+    PYTHONPATH=.:tests python tests/test_compiled.py [folder]   # the sweep over ../shared/robust-jpeg
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from PIL import Image
 
 from tokenizer import JpegDctConfig, JpegDctTokenizer, TokenizerError, TokenSequence
 from tokenizer.corpus.embedded import crops
-from tokenizer.jpeg import scan
+from tokenizer.jpeg import compiled
 from tokenizer.jpeg.codec import decode_coefficients, encode_coefficients
 from tokenizer.jpeg.io import SUBSAMPLINGS, Coefficients, read_coefficients, write_coefficients
 
-pytestmark = pytest.mark.skipif(not scan.enabled, reason="compiled path not built (or DCTGPT_COMPILED=0)")
+pytestmark = pytest.mark.skipif(not compiled.enabled, reason="compiled path not built (or DCTGPT_COMPILED=0)")
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDERS = ("raster", "coarse_to_fine")
@@ -42,12 +42,12 @@ def reference_jpeg(tok: JpegDctTokenizer, seq: TokenSequence) -> bytes:
 def assert_same_as_reference(tok: JpegDctTokenizer, data: bytes) -> TokenSequence:
     """Fast encode == reference encode (ids and positions); fast decode == reference bytes."""
     c = tok.config
-    fast = scan.encode_jpeg(tok.vocab, data, c.order, c.bands)
-    assert fast is not None, f"compiled path declined a plain libjpeg file: {scan._scan.read(data)}"
+    fast = compiled.encode_jpeg(tok.vocab, data, c.order, c.bands)
+    assert fast is not None, f"compiled path declined a plain libjpeg file: {compiled._scan.read(data)}"
     ref = reference_tokens(tok, data)
     assert np.array_equal(fast.ids, ref.ids), "ids differ"
     assert np.array_equal(fast.positions, ref.positions), "positions differ"
-    assert scan.decode_jpeg(tok.vocab, fast, c.order, c.bands) == reference_jpeg(tok, ref), "bytes differ"
+    assert compiled.decode_jpeg(tok.vocab, fast, c.order, c.bands) == reference_jpeg(tok, ref), "bytes differ"
     return fast
 
 
@@ -95,7 +95,7 @@ def test_restart_markers_match_reference(blocks):
     Image.fromarray(px).save(buf, "JPEG", quality=60, restart_marker_blocks=blocks)
     assert b"\xff\xdd" in buf.getvalue()
     tok = JpegDctTokenizer(JpegDctConfig(quality=None, size=None))
-    assert scan.read_coefficients(buf.getvalue()) == read_coefficients(buf.getvalue())
+    assert compiled.read_coefficients(buf.getvalue()) == read_coefficients(buf.getvalue())
     assert_same_as_reference(tok, buf.getvalue())
 
 
@@ -188,7 +188,7 @@ def test_non_interleaved_scans_match_reference(subsampling, restart):
     data = non_interleaved_jpeg(coef, restart)
     assert data.count(b"\xff\xda") == len(coef.blocks)
     assert read_coefficients(data) == coef                  # libjpeg reads the file we made
-    assert scan.read_coefficients(data) == coef
+    assert compiled.read_coefficients(data) == coef
     assert_same_as_reference(JpegDctTokenizer(JpegDctConfig(quality=None, size=None)), data)
 
 
@@ -231,9 +231,9 @@ def same(a, b) -> bool:
 
 
 def both_paths(monkeypatch, fn, *args):
-    monkeypatch.setattr(scan, "enabled", False)
+    monkeypatch.setattr(compiled, "enabled", False)
     ref = outcome(fn, *args)
-    monkeypatch.setattr(scan, "enabled", True)
+    monkeypatch.setattr(compiled, "enabled", True)
     return outcome(fn, *args), ref
 
 
@@ -241,11 +241,12 @@ def test_tokenizer_uses_compiled_path_by_default(monkeypatch):
     tok = JpegDctTokenizer(JpegDctConfig(quality=25, size=(64, 64), order="coarse_to_fine"))
     files = [tok.to_jpeg(c.pixels) for c in crops("val", 3, (64, 64), seed=8)]
     calls = []
-    monkeypatch.setattr(scan._scan, "read", lambda data, read=scan._scan.read: calls.append(1) or read(data))
+    read = compiled._scan.read
+    monkeypatch.setattr(compiled._scan, "read", lambda data: calls.append(1) or read(data))
     seqs = tok.encode_batch(files)
     assert len(calls) == 3
     fast_dec = [tok.decode(s) for s in seqs]
-    monkeypatch.setattr(scan, "enabled", False)
+    monkeypatch.setattr(compiled, "enabled", False)
     assert seqs == [tok.encode(f) for f in files] and len(calls) == 3
     assert fast_dec == [tok.decode(s) for s in seqs]
 
@@ -269,7 +270,7 @@ def test_corrupt_files_give_the_reference_answer(monkeypatch, seed):
             data = data[:rng.integers(start, len(data))]
         fast, ref = both_paths(monkeypatch, tok.encode, bytes(data))
         assert same(fast, ref), (fast, ref)
-        taken += scan.encode_jpeg(tok.vocab, bytes(data), "raster", tok.config.bands) is not None
+        taken += compiled.encode_jpeg(tok.vocab, bytes(data), "raster", tok.config.bands) is not None
     assert taken > 0
 
 
@@ -317,7 +318,7 @@ def test_coefficients_libjpeg_cannot_write_give_the_reference_error(monkeypatch)
 def check_file(path: Path) -> dict:
     """Compiled path vs reference on one file: coefficients, tokens (both orders) and written bytes."""
     data = path.read_bytes()
-    fast = scan.read_coefficients(data)
+    fast = compiled.read_coefficients(data)
     try:
         ref = read_coefficients(data, str(path))
     except (ValueError, TokenizerError) as e:
@@ -328,10 +329,10 @@ def check_file(path: Path) -> dict:
         return {"taken": True, "ok": False, "message": f"reference gives {ref!r}"}
     for order in ORDERS:
         tok = JpegDctTokenizer(JpegDctConfig(quality=None, size=None, order=order))
-        seq = scan.encode_jpeg(tok.vocab, data, order, tok.config.bands)
+        seq = compiled.encode_jpeg(tok.vocab, data, order, tok.config.bands)
         if seq != encode_coefficients(tok.vocab, ref, order, tok.config.bands):
             return {"taken": True, "ok": False, "message": f"{order} tokens differ"}
-        out = outcome(scan.decode_jpeg, tok.vocab, seq, order, tok.config.bands)
+        out = outcome(compiled.decode_jpeg, tok.vocab, seq, order, tok.config.bands)
         if out != outcome(reference_jpeg, tok, seq):
             return {"taken": True, "ok": False, "message": f"{order} written bytes differ"}
     return {"taken": True, "ok": True}

@@ -1,9 +1,9 @@
 """The compiled JPEG path: a JPEG's Huffman-coded scan straight to token ids, and ids straight back to
 a baseline JPEG, with no libjpeg coefficient round trip (C extension tokenizer.jpeg._scan).
 
-    from tokenizer.jpeg import scan
-    seq = scan.encode_jpeg(tok.vocab, jpeg_bytes, "raster", tok.config.bands)   # or None
-    jpeg_bytes = scan.decode_jpeg(tok.vocab, seq, "raster", tok.config.bands)   # or None
+    from tokenizer.jpeg import compiled
+    seq = compiled.encode_jpeg(tok.vocab, jpeg_bytes, "raster", tok.config.bands)   # or None
+    jpeg_bytes = compiled.decode_jpeg(tok.vocab, seq, "raster", tok.config.bands)   # or None
 
 JpegDctTokenizer uses it by default. The reference path stays the definition of the tokens:
 io.read_coefficients (libjpeg) + codec.encode_coefficients, and codec.decode_coefficients +
@@ -14,7 +14,7 @@ layouts of io.SUBSAMPLINGS, and refuses anything unusual (progressive or arithme
 data, junk between segments, ...), whose answer or error then comes from libjpeg. Well-formed
 streams decode here; a malformed one goes to the reference decoder for its error message.
 
-Set the environment variable DCTGPT_COMPILED=0 (or `scan.enabled = False`) to use the reference path
+Set the environment variable DCTGPT_COMPILED=0 (or `compiled.enabled = False`) to use the reference path
 everywhere; without a C compiler at install time the extension is absent and the same happens.
 """
 
