@@ -137,16 +137,47 @@ def pack_head(head: bytes, coef: Coefficients) -> bytes:
 
 
 def _literal(data: bytes) -> bytes:
-    return bytes([LITERAL]) + _varint(len(data)) + data if data else b""
+    return bytes([LITERAL]) + varint(len(data)) + data if data else b""
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """`n` >= 0 in LEB128: 7 bits a byte, low first, the top bit set on all but the last."""
     out = bytearray()
     while True:
         out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
         n >>= 7
         if not n:
             return bytes(out)
+
+
+class ByteReader:
+    """Reads a byte string front to back; `error(message)` is raised when it runs out."""
+
+    def __init__(self, data: bytes, error: type[Exception] = ValueError, what: str = "data"):
+        self.data, self.i, self.error, self.what = data, 0, error, what
+
+    @property
+    def left(self) -> int:
+        return len(self.data) - self.i
+
+    def take(self, n: int) -> bytes:
+        if n > self.left:
+            raise self.error(f"truncated {self.what}")
+        self.i += n
+        return self.data[self.i - n:self.i]
+
+    def varint(self) -> int:
+        n, shift = 0, 0
+        while True:
+            b = self.take(1)[0]
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return n
+
+    def rest(self) -> bytes:
+        self.i, rest = len(self.data), self.data[self.i:]
+        return rest
 
 
 @dataclass(frozen=True)
@@ -187,7 +218,7 @@ class _EmptyTables(dict):
 def unpack_head(packed: bytes) -> HeadTemplate:
     """Inverse of pack_head. ValueError if `packed` is not one."""
     try:
-        data = _Reader(zlib.decompressobj(-15, zdict=_DICTIONARY).decompress(packed))
+        data = ByteReader(zlib.decompressobj(-15, zdict=_DICTIONARY).decompress(packed), what="packed head")
     except zlib.error as e:
         raise ValueError(f"packed head does not inflate ({e})") from None
     pieces = []
@@ -207,26 +238,3 @@ def unpack_head(packed: bytes) -> HeadTemplate:
         pieces.append((kind, body))
     return HeadTemplate(tuple(pieces))
 
-
-class _Reader:
-    def __init__(self, data: bytes):
-        self.data, self.i = data, 0
-
-    @property
-    def left(self) -> int:
-        return len(self.data) - self.i
-
-    def take(self, n: int) -> bytes:
-        if n > self.left:
-            raise ValueError("packed head: a piece runs past the end")
-        self.i += n
-        return self.data[self.i - n:self.i]
-
-    def varint(self) -> int:
-        n, shift = 0, 0
-        while True:
-            b = self.take(1)[0]
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return n
