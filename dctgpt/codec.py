@@ -240,14 +240,17 @@ def decompress(container: bytes, pred: Predictor | None, tok: JpegDctTokenizer |
         if model_id != pred.id:
             raise CodecError(f"coded with model {model_id.hex()}, not this checkpoint's {pred.id.hex()}")
         reader = ByteReader(body, CodecError, "container")
-        template = unpack_head(reader.take(reader.varint()))
-        trailer = reader.take(reader.varint())
+        head, trailer = reader.take(reader.varint()), reader.take(reader.varint())
         payload = reader.rest()
         words = np.frombuffer(payload + b"\0" * (-len(payload) % 4), "<u4").astype(np.uint32)
         decoder = constriction.stream.queue.RangeDecoder(words)
-        seq = _code(pred, tok, _header(tok, template.provisional),
-                    lambda model, allowed, t: int(allowed[decoder.decode(model)]))
-        data = _rebuild(template, tok.decode_coefficients(seq), trailer)
+        try:    # the CRC passed, so a failure here is damage it missed or a bug
+            template = unpack_head(head)
+            seq = _code(pred, tok, _header(tok, template.provisional),
+                        lambda model, allowed, t: int(allowed[decoder.decode(model)]))
+            data = _rebuild(template, tok.decode_coefficients(seq), trailer)
+        except (ValueError, OSError) as e:
+            raise CodecError(f"container does not decode ({e})") from None
     if len(data) != length or hashlib.sha256(data).digest()[:8] != sha:
         raise CodecError("decoded bytes differ from the original (checksum); was it compressed with "
                          "another torch build or CPU?")

@@ -217,10 +217,13 @@ class _EmptyTables(dict):
 
 def unpack_head(packed: bytes) -> HeadTemplate:
     """Inverse of pack_head. ValueError if `packed` is not one."""
+    inflate = zlib.decompressobj(-15, zdict=_DICTIONARY)
     try:
-        data = ByteReader(zlib.decompressobj(-15, zdict=_DICTIONARY).decompress(packed), what="packed head")
+        data = ByteReader(inflate.decompress(packed), what="packed head")
     except zlib.error as e:
         raise ValueError(f"packed head does not inflate ({e})") from None
+    if not inflate.eof or inflate.unused_data:
+        raise ValueError("packed head: the deflate stream is cut short or followed by other bytes")
     pieces = []
     while data.left:
         kind = data.take(1)[0]
