@@ -22,6 +22,7 @@ the model's id: decompressing refuses with a one-line error, never writes a diff
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -86,15 +87,6 @@ class GPTPredictor:
         self.id = h.digest()[:8]
         self.cache = None
 
-    def _run(self, fn, *args) -> np.ndarray:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)   # more threads may sum in another order (and are slower here)
-        try:
-            with torch.inference_mode():
-                return fn(*args)[0, -1].double().numpy()
-        finally:
-            torch.set_num_threads(threads)
-
     def start(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         from dctgpt.generate import _prefill
         from dctgpt.model import KVCache
@@ -102,12 +94,24 @@ class GPTPredictor:
         self.cache = KVCache(self.model.config, 1)
         x = torch.as_tensor(ids, dtype=torch.long)[None]
         p = torch.as_tensor(positions, dtype=torch.long)[None]
-        return self._run(lambda: _prefill(self.model, x, p, self.cache)[:, None])
+        return _prefill(self.model, x, p, self.cache)[0].double().numpy()
 
     def step(self, token: int, position: np.ndarray) -> np.ndarray:
-        x = torch.tensor([[token]], dtype=torch.long)
-        p = torch.as_tensor(position, dtype=torch.long).view(1, 1, 5)
-        return self._run(lambda: self.model(x, p, cache=self.cache)[0])
+        x = torch.tensor([[token]])
+        p = torch.from_numpy(np.asarray(position, np.int64)).view(1, 1, 5)
+        return self.model(x, p, cache=self.cache)[0][0, -1].double().numpy()
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Inference mode on one thread: more threads may sum in another order (and are slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def quantize(logits: np.ndarray) -> np.ndarray:
@@ -128,6 +132,11 @@ def _code(pred: Predictor, tok: JpegDctTokenizer, header: TokenSequence, coder) 
     """Walk a stream after `header`. At each token the grammar gives the allowed ids; unless only one
     is allowed, the model's integer probabilities over them go to `coder(model, allowed, t) -> id`
     (t: the token's index in the stream), which encodes the known id or decodes it."""
+    with _one_thread():
+        return _walk(pred, tok, header, coder)
+
+
+def _walk(pred: Predictor, tok: JpegDctTokenizer, header: TokenSequence, coder) -> TokenSequence:
     import constriction
 
     grammar = tok.grammar(header)
