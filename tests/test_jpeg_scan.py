@@ -36,6 +36,7 @@ CASES = {
     "pil-restart-rows": lambda: pil_jpeg(photo(41, 50), quality=40, restart_marker_rows=1, optimize=True),
     "jpeglib-420-q25": lambda: encode_pixels(photo(64, 64), 25, "4:2:0"),
     "jpeglib-odd-q10": lambda: encode_pixels(photo(45, 61), 10, "4:2:0"),
+    "pil-flat-no-ac": lambda: pil_jpeg(np.full((20, 20, 3), 128, np.uint8), quality=25),
 }
 
 

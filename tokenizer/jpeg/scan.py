@@ -155,15 +155,16 @@ def scan_symbols(spec: ScanSpec, coef: Coefficients) -> Symbols:
     # unless it is coefficient 63.
     b, k = np.nonzero(x[:, 1:])
     k = k + 1
-    first = np.concatenate([[True], b[1:] != b[:-1]])
+    first, ends = np.ones(len(b), bool), np.ones(len(b), bool)   # first / last nonzero of a block
+    first[1:] = ends[:-1] = b[1:] != b[:-1]
     prev = np.where(first, 0, np.roll(k, 1))
     run, value = k - prev - 1, x[b, k]
     n_zrl = run // 16
     zb = np.repeat(b, n_zrl)
     zj = np.arange(len(zb)) - np.repeat(np.cumsum(n_zrl) - n_zrl, n_zrl)
     zplace = 4 * (np.repeat(prev, n_zrl) + 16 * (zj + 1)) + 1
-    last = np.zeros(n, np.int64)
-    last[b] = k                                  # b ascends, so the last write is the last nonzero
+    last = np.zeros(n, np.int64)                 # zigzag index of each block's last nonzero
+    last[b[ends]] = k[ends]
     eob = np.nonzero(last < 63)[0]
     # One row per symbol: (block, place within block) sorts them into stream order.
     scomp = _scan_index(spec, comp)
