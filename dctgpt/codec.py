@@ -267,14 +267,16 @@ def decompress(container: bytes, pred: Predictor | None, tok: JpegDctTokenizer |
 
 
 # -- container -----------------------------------------------------------------------------------------
-# magic "DGT\x1a", version, kind (0 stored, 1 coded), CRC-32 of everything after it, SHA-256[:8] of
-# the original, model id (8 bytes, zeros when stored), varint original length; then the original
-# (stored) or varint + packed head, varint + trailer, the range coder's words (trailing zero bytes cut).
+# magic "DGT\x1a", version, kind (0 stored, 1 coded), CRC-32 of version, kind and all that follows,
+# SHA-256[:8] of the original, model id (8 bytes, zeros when stored), varint original length; then
+# the original (stored) or varint + packed head, varint + trailer, the range coder's words (trailing
+# zero bytes cut).
 
 def _container(kind: int, data: bytes, model_id: bytes, body: bytes) -> bytes:
     sha = hashlib.sha256(data).digest()[:8]
     rest = sha + model_id + varint(len(data)) + body
-    return _FIXED.pack(MAGIC, VERSION, kind, zlib.crc32(rest), sha, model_id) + rest[16:]
+    crc = zlib.crc32(bytes([VERSION, kind]) + rest)
+    return _FIXED.pack(MAGIC, VERSION, kind, crc, sha, model_id) + rest[16:]
 
 
 def _parse(container: bytes) -> tuple[int, bytes, bytes, int, bytes]:
@@ -286,7 +288,7 @@ def _parse(container: bytes) -> tuple[int, bytes, bytes, int, bytes]:
     magic, version, kind, crc, sha, model_id = _FIXED.unpack(container[:_FIXED.size])
     if version != VERSION:
         raise CodecError(f"container version {version}; this code reads version {VERSION}")
-    if zlib.crc32(container[10:]) != crc or kind not in (RAW, CODED):
+    if zlib.crc32(container[4:6] + container[10:]) != crc or kind not in (RAW, CODED):
         raise CodecError("corrupted or truncated container (CRC mismatch)")
     reader = ByteReader(container[_FIXED.size:], CodecError, "container")
     length = reader.varint()
@@ -346,54 +348,41 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def compress_files(src: str | os.PathLike, dst: str | os.PathLike, pred: Predictor,
-                   tok: JpegDctTokenizer, progress: bool = True) -> Summary:
-    """Compress a file, or every file under a folder into `dst` (NAME -> NAME.dgt)."""
+def run_files(command: str, src: str | os.PathLike, dst: str | os.PathLike, pred: Predictor | None,
+              tok: JpegDctTokenizer | None, progress: bool = True) -> Summary:
+    """"compress" a file, or every file under a folder, into `dst` (NAME -> NAME.dgt), or
+    "decompress" containers back (NAME.dgt -> NAME). A container that cannot be restored exactly is
+    reported on stderr and nothing is written for it (a single file: CodecError)."""
     from tqdm import tqdm
 
-    pairs = _pairs(Path(src), Path(dst), "", SUFFIX)
-    t0, coded, n_in, n_out = time.perf_counter(), 0, 0, 0
-    bar = tqdm(total=sum(p.stat().st_size for p, _ in pairs), unit="B", unit_scale=True, desc="compress",
+    compressing = command == "compress"
+    pairs = _pairs(Path(src), Path(dst), *(("", SUFFIX) if compressing else (SUFFIX, "")))
+    t0, coded, failed, n_in, n_out = time.perf_counter(), 0, 0, 0, 0
+    bar = tqdm(total=sum(p.stat().st_size for p, _ in pairs), unit="B", unit_scale=True, desc=command,
                disable=not (progress and sys.stderr.isatty()))
     for inp, out in pairs:
-        data = inp.read_bytes()
-        packed = compress(data, pred, tok, str(inp))
-        if not packed.coded:
-            log.info("%s: stored as it is (%s)", inp, packed.reason)
-        _write(out, packed.data)
-        coded, n_in, n_out = coded + packed.coded, n_in + len(data), n_out + len(packed.data)
+        data, t = inp.read_bytes(), time.perf_counter()
         bar.update(len(data))
-    bar.close()
-    return Summary(len(pairs), coded, len(pairs) - coded, 0, n_in, n_out, time.perf_counter() - t0, n_in)
-
-
-def decompress_files(src: str | os.PathLike, dst: str | os.PathLike, pred: Predictor | None,
-                     tok: JpegDctTokenizer | None, progress: bool = True) -> Summary:
-    """Decompress a container, or every NAME.dgt under a folder into `dst` (-> NAME). A container
-    that cannot be restored exactly is reported on stderr and nothing is written for it."""
-    from tqdm import tqdm
-
-    pairs = _pairs(Path(src), Path(dst), SUFFIX, "")
-    t0, coded, failed, n_in, n_out = time.perf_counter(), 0, 0, 0, 0
-    bar = tqdm(total=sum(p.stat().st_size for p, _ in pairs), unit="B", unit_scale=True,
-               desc="decompress", disable=not (progress and sys.stderr.isatty()))
-    for inp, out in pairs:
-        container = inp.read_bytes()
         try:
-            data = decompress(container, pred, tok)
+            if compressing:
+                packed = compress(data, pred, tok, str(inp))
+                result, is_coded = packed.data, packed.coded
+                log.info("%s: %d -> %d bytes, %s, %.1f s", inp, len(data), len(result),
+                         f"range-coded payload {packed.payload}" if packed.coded
+                         else f"stored as it is ({packed.reason})", time.perf_counter() - t)
+            else:
+                result, is_coded = decompress(data, pred, tok), data[5] == CODED
         except CodecError as e:
             if len(pairs) == 1:
                 raise CodecError(f"{inp}: {e}") from None
             print(f"error: {inp}: {e}", file=sys.stderr)
             failed += 1
-        else:
-            _write(out, data)
-            coded += container[5] == CODED
-            n_in, n_out = n_in + len(container), n_out + len(data)
-        bar.update(len(container))
+            continue
+        _write(out, result)
+        coded, n_in, n_out = coded + is_coded, n_in + len(data), n_out + len(result)
     bar.close()
     return Summary(len(pairs), coded, len(pairs) - coded - failed, failed, n_in, n_out,
-                   time.perf_counter() - t0, n_out)
+                   time.perf_counter() - t0, n_in if compressing else n_out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,15 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("input", help="a file, or a folder (every file under it)")
     ap.add_argument("output", help="a file, or a folder for a folder")
     ap.add_argument("--ckpt", help="checkpoint dir or out_dir (decompress: needed for coded files)")
-    ap.add_argument("-v", "--verbose", action="store_true", help="say why each stored file was stored")
+    ap.add_argument("-v", "--verbose", action="store_true", help="a line per file (sizes, or why stored)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(message)s")
     try:
         if a.command == "compress" and not a.ckpt:
             raise ValueError("compress needs --ckpt (a checkpoint dir or the out_dir holding ckpt/)")
         pred, tok = load_predictor(a.ckpt) if a.ckpt else (None, None)
-        run = compress_files if a.command == "compress" else decompress_files
-        summary = run(a.input, a.output, pred, tok)
+        summary = run_files(a.command, a.input, a.output, pred, tok)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
