@@ -21,7 +21,6 @@ the model's id: decompressing refuses with a one-line error, never writes a diff
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -41,6 +40,7 @@ import torch
 
 from dctgpt.evaluate import as_is
 from tokenizer.base import TokenSequence
+from tokenizer.cli import run
 from tokenizer.jpeg.format import header_ids
 from tokenizer.jpeg.head import ByteReader, HeadTemplate, pack_head, unpack_head, varint
 from tokenizer.jpeg.io import parse_jpeg, read_coefficients
@@ -385,26 +385,37 @@ def run_files(command: str, src: str | os.PathLike, dst: str | os.PathLike, pred
                    time.perf_counter() - t0, n_in if compressing else n_out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dctgpt.codec", description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("compress", "decompress"))
-    ap.add_argument("input", help="a file, or a folder (every file under it)")
-    ap.add_argument("output", help="a file, or a folder for a folder")
-    ap.add_argument("--ckpt", help="checkpoint dir or out_dir (decompress: needed for coded files)")
-    ap.add_argument("-v", "--verbose", action="store_true", help="a line per file (sizes, or why stored)")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(message)s")
-    try:
-        if a.command == "compress" and not a.ckpt:
+@dataclass(frozen=True)
+class CodecConfig:
+    command: str                  # "compress" or "decompress" (or first on the line: compress IN OUT)
+    input: str                    # a file, or a folder: every file under it (decompress: every NAME.dgt)
+    output: str                   # a file, or a folder for a folder
+    ckpt: str = ""                # checkpoint dir or out_dir (decompress: needed for coded files only)
+    verbose: bool = False         # a line per file: sizes, or why it was stored as it is
+
+    def __post_init__(self) -> None:
+        if self.command not in ("compress", "decompress"):
+            raise ValueError(f"command={self.command!r}: expected 'compress' or 'decompress'")
+        if self.command == "compress" and not self.ckpt:
             raise ValueError("compress needs --ckpt (a checkpoint dir or the out_dir holding ckpt/)")
-        pred, tok = load_predictor(a.ckpt) if a.ckpt else (None, None)
-        summary = run_files(a.command, a.input, a.output, pred, tok)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary.line(a.command + "ed"))
+
+
+def main(cfg: CodecConfig) -> int:
+    """Run one command; 0, or 2 when a container of a folder was refused."""
+    log.setLevel(logging.INFO if cfg.verbose else logging.WARNING)
+    pred, tok = load_predictor(cfg.ckpt) if cfg.ckpt else (None, None)
+    summary = run_files(cfg.command, cfg.input, cfg.output, pred, tok)
+    print(summary.line(cfg.command + "ed"))
     return 2 if summary.failed else 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`compress IN OUT [--key=value ...]`: up to three leading words name the first three keys."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    n = next((i for i, a in enumerate(argv[:3]) if a.startswith("-")), min(3, len(argv)))
+    words = [f"--{k}={v}" for k, v in zip(("command", "input", "output"), argv[:n])]
+    return run(main, CodecConfig, words + argv[n:])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -169,6 +169,13 @@ def ckpt(tmp_path_factory):
     return out
 
 
+def codec_cli(argv: list[str]) -> int:
+    try:
+        return codec.cli(argv)
+    except SystemExit as e:       # a user error: one line on stderr, exit 2
+        return e.code
+
+
 def test_cli_folders_round_trip_and_refuse_damage(ckpt, photos, tmp_path, capsys):
     src = tmp_path / "in"
     for p in photos[:3]:
@@ -176,26 +183,30 @@ def test_cli_folders_round_trip_and_refuse_damage(ckpt, photos, tmp_path, capsys
         (src / "sub" / p.name).write_bytes(p.read_bytes())
     (src / "notes.txt").write_bytes(b"not a JPEG: stored as it is")
     packed, restored = tmp_path / "packed", tmp_path / "restored"
-    assert codec.main(["compress", str(src), str(packed), "--ckpt", str(ckpt)]) == 0
+    assert codec_cli(["compress", str(src), str(packed), "--ckpt", str(ckpt)]) == 0
     assert "4 files (3 coded, 1 stored" in capsys.readouterr().out
-    assert codec.main(["decompress", str(packed), str(restored), "--ckpt", str(ckpt)]) == 0
+    assert codec_cli(["decompress", str(packed), str(restored), "--ckpt", str(ckpt)]) == 0
     for p in src.rglob("*.*"):
         assert (restored / p.relative_to(src)).read_bytes() == p.read_bytes()
     # a damaged container: one line on stderr, exit 2, nothing written for it, the rest restored
     bad = packed / "sub" / (photos[1].name + codec.SUFFIX)
     bad.write_bytes(bad.read_bytes()[:-3])
     again = tmp_path / "again"
-    assert codec.main(["decompress", str(packed), str(again), "--ckpt", str(ckpt)]) == 2
+    assert codec_cli(["decompress", str(packed), str(again), "--ckpt", str(ckpt)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad}") and err.count("\n") == 1
     assert sorted(p.name for p in again.rglob("*.*")) == sorted(p.name for p in src.rglob("*.*")
                                                                if p.name != photos[1].name)
     out = tmp_path / "one.jpg"
-    assert codec.main(["decompress", str(bad), str(out), "--ckpt", str(ckpt)]) == 2
+    assert codec_cli(["decompress", str(bad), str(out), "--ckpt", str(ckpt)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and not out.exists()
-    assert codec.main(["decompress", str(bad), str(out)]) == 2
-    assert codec.main(["compress", str(tmp_path / "missing"), str(out), "--ckpt", str(ckpt)]) == 2
+    assert codec_cli(["decompress", str(bad), str(out)]) == 2
+    assert codec_cli(["compress", str(tmp_path / "missing"), str(out), "--ckpt", str(ckpt)]) == 2
+    assert codec_cli(["compress", str(src), str(out)]) == 2                  # no --ckpt
+    assert "--ckpt" in capsys.readouterr().err
+    assert codec_cli(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: python -m dctgpt.codec")
 
 
 def test_evaluate_as_is_scores_files_at_their_own_size(ckpt, photos, tmp_path, capsys):
