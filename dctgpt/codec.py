@@ -76,7 +76,9 @@ class Predictor(Protocol):
 
 
 class GPTPredictor:
-    """A GPT through its KV cache, one token per call, on one thread (the same order both ways)."""
+    """A GPT through its KV cache, one token per call, in the sliding windows `dctgpt.evaluate`
+    scores with (stride block_size / 2): when a window ends, the cache is rebuilt from the last
+    block_size - stride tokens in one pass, so every token sees the context its NLL was measured with."""
 
     def __init__(self, model: torch.nn.Module, tok: JpegDctTokenizer):
         self.model = model.eval()
@@ -85,21 +87,35 @@ class GPTPredictor:
         for name, t in sorted(model.state_dict().items()):
             h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
         self.id = h.digest()[:8]
-        self.cache = None
+        self.window = model.config.block_size
+        self.stride = max(1, self.window // 2)
 
-    def start(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        from dctgpt.generate import _prefill
+    def _prefill(self, start: int) -> np.ndarray:
+        """A fresh cache holding tokens start.. so far; the logits after the last of them."""
         from dctgpt.model import KVCache
 
         self.cache = KVCache(self.model.config, 1)
-        x = torch.as_tensor(ids, dtype=torch.long)[None]
-        p = torch.as_tensor(positions, dtype=torch.long)[None]
-        return _prefill(self.model, x, p, self.cache)[0].double().numpy()
+        x = torch.tensor(self.ids[start:])[None]
+        p = torch.from_numpy(np.stack(self.rows[start:]).astype(np.int64))[None]
+        return self.model(x, p, cache=self.cache)[0][0, -1].double().numpy()
+
+    def start(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        n = min(len(ids), self.window - 1)         # (a header longer than that goes on one by one)
+        self.ids, self.rows = [int(t) for t in ids[:n]], list(positions[:n])
+        logits = self._prefill(0)
+        for t, r in zip(ids[n:], positions[n:]):
+            logits = self.step(int(t), r)
+        return logits
 
     def step(self, token: int, position: np.ndarray) -> np.ndarray:
-        x = torch.tensor([[token]])
-        p = torch.from_numpy(np.asarray(position, np.int64)).view(1, 1, 5)
-        return self.model(x, p, cache=self.cache)[0][0, -1].double().numpy()
+        self.ids.append(int(token))
+        self.rows.append(position)
+        p = len(self.ids) - 1                       # the position whose logits are wanted
+        if p >= self.window - 1 and (p - self.window + 1) % self.stride == 0:   # a new window
+            return self._prefill(p + 1 - (self.window - self.stride))
+        x = torch.tensor([[int(token)]])
+        r = torch.from_numpy(np.asarray(position, np.int64)).view(1, 1, 5)
+        return self.model(x, r, cache=self.cache)[0][0, -1].double().numpy()
 
 
 @contextlib.contextmanager

@@ -80,6 +80,21 @@ def test_256px_photo_round_trips(coder, tmp_path):
     assert codec.decompress(packed.data, pred, tok) == data
 
 
+def test_predictor_sees_the_context_evaluate_scores_with(coder, photos):
+    """Past block_size, the coder's windows are evaluate's: the same NLL per token (to float noise),
+    so file sizes follow the NLL figure."""
+    pred, tok = coder
+    seq = tok.encode(photos[0].read_bytes())
+    assert len(seq) > 3 * pred.window
+    with codec._one_thread():
+        logits = [pred.start(seq.ids[:7], seq.positions[:7])]
+        logits += [pred.step(int(t), r) for t, r in zip(seq.ids[7:-1], seq.positions[7:-1])]
+    logits = torch.tensor(np.stack(logits))
+    nll = torch.nn.functional.cross_entropy(logits, torch.as_tensor(seq.ids[7:], dtype=torch.long),
+                                            reduction="none").numpy()
+    assert np.abs(nll - evaluate.sequence_nll(pred.model, seq)[6:]).max() < 1e-4
+
+
 def test_quantized_probabilities_floor_and_total():
     q = codec.quantize(np.array([0.0, -200.0, 3.0, 1e-9, -1e-9]))
     assert q.sum() == codec.TOTAL and q.min() == 1 and q.dtype == np.float64
