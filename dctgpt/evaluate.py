@@ -1,11 +1,14 @@
 """How many bits the model needs per image, next to JPEG's own Huffman-coded scan.
 
     python -m dctgpt.evaluate --ckpt out/quickstart --images DIR [--json FILE] [--stride N]
+    python -m dctgpt.evaluate --ckpt out/quickstart --images DIR --as_is     # JPEG files as they are
 
-Each image is prepared at the tokenizer's geometry and quality (`tok.prepare`), tokenized, and
-scored: bits = sum over tokens after BOS of -log2 p(token | previous tokens). Streams longer than
-the context are scored with sliding windows (each window advances by `stride` tokens and scores
-only tokens not scored before, so every token keeps at least block_size - stride tokens of context).
+Each image is prepared at the tokenizer's geometry and quality (`tok.to_jpeg`), or, with `--as_is`,
+each JPEG is read as it is (its own coefficients and tables at its own size; anything else is an
+error), tokenized, and scored: bits = sum over tokens after BOS of -log2 p(token | previous
+tokens). Streams longer than the context are scored with sliding windows (each window advances by
+`stride` tokens and scores only tokens not scored before, so every token keeps at least
+block_size - stride tokens of context).
 The baseline is the entropy-coded scan of the prepared JPEG (`scan_bytes`); saving = 1 - bits /
 (8 * scan bytes).
 """
@@ -28,7 +31,7 @@ from tqdm import tqdm
 
 from dctgpt import checkpoint
 from dctgpt.model import GPT
-from tokenizer.base import TokenSequence
+from tokenizer.base import Tokenizer, TokenSequence
 from tokenizer.cli import run
 
 log = logging.getLogger("dctgpt.evaluate")
@@ -123,12 +126,26 @@ def format_table(results: list[ImageResult], summary: dict) -> str:
     return "\n".join(lines)
 
 
+def as_is(tok: Tokenizer) -> Tokenizer:
+    """`tok` with its size and quality lifted: it reads any JPEG's own coefficients and tables."""
+    from dataclasses import replace
+
+    from tokenizer.jpeg.tokenizer import JpegDctTokenizer
+
+    if not isinstance(tok, JpegDctTokenizer):
+        raise ValueError(f"the checkpoint's {tok.name!r} tokenizer cannot read JPEG files as they are "
+                         "(--as_is and the codec need a 'jpeg_dct' tokenizer)")
+    return JpegDctTokenizer(replace(tok.config, quality=None, size=None))
+
+
 def main(ckpt: str, images: str, json_path: str = "", stride: int = 0, device: str = "cpu",
-         progress: bool = True) -> dict:
-    """Evaluate every image in `images`; returns {"checkpoint", "images", "summary"} (also as JSON)."""
+         progress: bool = True, as_is_files: bool = False) -> dict:
+    """Evaluate every image in `images`; returns {"checkpoint", "images", "summary"} (also as JSON).
+    `as_is_files`: score each JPEG file as it is (its own size and tables) instead of preparing it."""
     ck = checkpoint.load(ckpt, device)
+    tok = as_is(ck.tokenizer) if as_is_files else ck.tokenizer
     paths = list_images(images)
-    results = [evaluate_image(ck.model, ck.tokenizer, p, stride)
+    results = [evaluate_image(ck.model, tok, p, stride)
                for p in tqdm(paths, desc="evaluate", disable=not (progress and sys.stderr.isatty()))]
     summary = summarize(results)
     print(format_table(results, summary))
@@ -146,10 +163,12 @@ class EvaluateConfig:
     json: str = ""                # write per-image and mean figures to this file
     stride: int = 0               # sliding-window stride in tokens; 0 = block_size / 2
     device: str = "cpu"           # "cpu", "cuda" or "cuda:N"
+    as_is: bool = False           # score each JPEG file as it is (own size, own tables); others: error
 
 
 def cli(argv: list[str] | None = None) -> dict:
-    return run(lambda c: main(c.ckpt, c.images, c.json, c.stride, c.device), EvaluateConfig, argv)
+    return run(lambda c: main(c.ckpt, c.images, c.json, c.stride, c.device, as_is_files=c.as_is),
+               EvaluateConfig, argv)
 
 
 if __name__ == "__main__":

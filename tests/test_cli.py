@@ -107,7 +107,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
          "a saved dataset or hf:NAME)"),
         (prepare.cli, ["--source=embedded"],
          "error: out: expected the corpus directory to write, e.g. --out=data/mine"),
-        (embedded.cli, [], "error: missing key --export (folder to write the PNG crops to)"),
+        (embedded.cli, [], "error: missing key --export (folder to write the crops (or photos) to)"),
         (embedded.cli, ["--export=x", "--split=test"],
          "error: split='test': expected one of ['train', 'val']"),
         (bpe_train.cli, ["--corpus", str(tmp_path), "--out", str(tmp_path / "b")],

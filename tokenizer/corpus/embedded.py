@@ -6,6 +6,7 @@ function of (seed, split, i) only, at a random scale (log-uniform between the ta
 photo's short side), a random place, and a random horizontal flip.
 
     python -m tokenizer.corpus.embedded --export data/embedded_val --split val --crops 64 --size 64
+    python -m tokenizer.corpus.embedded --export data/val_photos --split val --whole --quality 25
 """
 
 from __future__ import annotations
@@ -85,37 +86,57 @@ def crops(split: str, n: int, size: tuple[int, int], seed: int = 0, start: int =
         yield Crop(f"{split}-{i:06d}-{stem}", np.asarray(img))
 
 
-def export(out: str | os.PathLike, split: str, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
-    """Write crops as lossless PNG files (for evaluation or the comparison command)."""
+def whole(split: str) -> Iterator[Crop]:
+    """The photos of `split` at their own size."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {list(SPLITS)}")
+    for key in SPLITS[split]:
+        yield Crop(f"{split}-{os.path.splitext(key.split(':')[1])[0]}", load_photo(key))
+
+
+def export(out: str | os.PathLike, split: str, n: int, size: tuple[int, int] | None, seed: int = 0,
+           quality: int | None = None) -> list[Path]:
+    """Write crops (or, with size=None, the whole photos) as lossless PNG files, or as 4:2:0 JPEG
+    files (libjpeg, optimized Huffman tables) at `quality`: inputs for evaluation and benchmarks."""
+    from tokenizer.jpeg.io import encode_pixels
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for c in crops(split, n, size, seed):
-        p = out / f"{c.name}.png"
-        Image.fromarray(c.pixels).save(p)
+    for c in (whole(split) if size is None else crops(split, n, size, seed)):
+        p = out / f"{c.name}.{'png' if quality is None else 'jpg'}"
+        if quality is None:
+            Image.fromarray(c.pixels).save(p)
+        else:
+            p.write_bytes(encode_pixels(c.pixels, quality, "4:2:0"))
         paths.append(p)
     return paths
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    export: str                   # folder to write the PNG crops to
+    export: str                   # folder to write the crops (or photos) to
     split: str = "val"            # "train" or "val": which photos the crops come from
     crops: int = 64               # how many crops
     size: tuple[int, ...] = (64,)  # side, or height width, in pixels
     seed: int = 0                 # which crops (crop i is a function of seed, split and i)
+    whole: bool = False           # the whole photos at their own size instead of crops
+    quality: int | None = None    # write 4:2:0 JPEGs (libjpeg) at this quality; none = PNG files
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r}: expected one of {list(SPLITS)}")
         if len(self.size) not in (1, 2) or min(self.size) < 1:
             raise ValueError(f"size={self.size}: expected a side, or height and width, >= 1")
+        if self.quality is not None and not 1 <= self.quality <= 100:
+            raise ValueError(f"quality={self.quality}: expected 1..100, or none for PNG files")
 
 
 def main(cfg: ExportConfig) -> list[Path]:
-    size = (cfg.size[0], cfg.size[-1])
-    paths = export(cfg.export, cfg.split, cfg.crops, size, cfg.seed)
-    print(f"wrote {len(paths)} {size[0]}x{size[1]} {cfg.split} crops to {cfg.export}")
+    size = None if cfg.whole else (cfg.size[0], cfg.size[-1])
+    paths = export(cfg.export, cfg.split, cfg.crops, size, cfg.seed, cfg.quality)
+    what = "whole photos" if size is None else f"{size[0]}x{size[1]} crops"
+    print(f"wrote {len(paths)} {cfg.split} {what} to {cfg.export}")
     return paths
 
 

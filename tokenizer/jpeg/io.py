@@ -14,7 +14,9 @@ import struct
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jpeglib
 import numpy as np
@@ -127,25 +129,35 @@ class JpegInfo:
         return None
 
 
-def parse_jpeg(data: bytes, name: str = "<bytes>") -> JpegInfo:
-    """Walk the markers of a JPEG file. Raises ValueError naming `name` on anything malformed."""
+class Segment(NamedTuple):
+    """One marker segment of a JPEG file: `data[start:end]` holds its payload (after the length
+    field); for SOS, `end` is past its entropy-coded data, which runs from `start + len(payload)`."""
+
+    marker: int       # the byte after 0xFF
+    payload: bytes
+    start: int
+    end: int
+
+
+def segments(data: bytes, name: str = "<bytes>") -> Iterator[Segment]:
+    """The segments after SOI in file order, up to EOI (yielded, empty) or the end of the data.
+    Junk and fill bytes between segments are skipped, as libjpeg does; standalone markers (RSTn,
+    TEM) outside a scan are skipped too. ValueError naming `name` on a segment cut short."""
     if data[:2] != b"\xff\xd8":
         raise ValueError(f"{name}: not a JPEG file (no SOI marker)")
     i, n = 2, len(data)
-    sof = info = None
-    qtables: dict[int, np.ndarray] = {}
-    scan, adobe, orientation = 0, None, 1
     while True:
         while i < n and data[i] != 0xFF:  # tolerate junk between segments, as libjpeg does
             i += 1
         while i < n and data[i] == 0xFF:
             i += 1
         if i >= n:
-            break
+            return
         marker = data[i]
         i += 1
         if marker == 0xD9:
-            break
+            yield Segment(marker, b"", i, i)
+            return
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:
             continue
         if i + 2 > n:
@@ -154,7 +166,27 @@ def parse_jpeg(data: bytes, name: str = "<bytes>") -> JpegInfo:
         seg = data[i + 2:i + length]
         if length < 2 or len(seg) != length - 2:
             raise ValueError(f"{name}: truncated JPEG (segment {marker:#04x} runs past the end)")
-        i += length
+        start, i = i + 2, i + length
+        if marker == 0xDA:      # entropy-coded data runs to the first 0xFF that is not 0xFF00 or RSTn
+            while True:
+                j = data.find(b"\xff", i, n - 1)
+                if j < 0:
+                    i = max(n - 1, i)
+                    break
+                if data[j + 1] == 0 or 0xD0 <= data[j + 1] <= 0xD7:
+                    i = j + 2
+                else:
+                    i = j
+                    break
+        yield Segment(marker, seg, start, i)
+
+
+def parse_jpeg(data: bytes, name: str = "<bytes>") -> JpegInfo:
+    """Walk the markers of a JPEG file. Raises ValueError naming `name` on anything malformed."""
+    sof = info = None
+    qtables: dict[int, np.ndarray] = {}
+    scan, adobe, orientation = 0, None, 1
+    for marker, seg, start, end in segments(data, name):
         if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
             if sof is not None:
                 raise ValueError(f"{name}: more than one frame header (SOF)")
@@ -180,18 +212,7 @@ def parse_jpeg(data: bytes, name: str = "<bytes>") -> JpegInfo:
         elif marker == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
             adobe = seg[11]
         elif marker == 0xDA:
-            start = i           # entropy-coded data runs to the first 0xFF that is not 0xFF00 or RSTn
-            while True:
-                j = data.find(b"\xff", i, n - 1)
-                if j < 0:
-                    i = max(n - 1, start)
-                    break
-                if data[j + 1] == 0 or 0xD0 <= data[j + 1] <= 0xD7:
-                    i = j + 2
-                else:
-                    i = j
-                    break
-            scan += i - start
+            scan += end - start - len(seg)
     if sof is None:
         raise ValueError(f"{name}: no frame header (SOF): not a complete JPEG")
     if scan == 0:
