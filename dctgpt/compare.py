@@ -13,7 +13,9 @@ directory (VQ-VAE, JPEG-DCT, BPE, ...), or the shorthands "jpeg-grid" / "bpe-gri
 - raw bits = tokens x log2(vocab); order-0 entropy bits = tokens x H(id histogram of these images)
 - model bits (only for the --checkpoint's own tokenizer): the model's NLL, dctgpt.evaluate
 - JPEG scan bits: the Huffman-coded scan of the same JPEG (JPEG-DCT based rows)
-- PSNR / SSIM (skimage.metrics) of the decoded image against the original fitted to its geometry
+- PSNR / SSIM (skimage.metrics) of the decoded image against the original fitted to its geometry;
+  PSNR is the mean over images decoded with loss, `lossless` counts the exact ones (inf PSNR), and a
+  row with every image exact has PSNR inf, drawn on the RD plot's marked top edge
 - encode and decode images per second (one process, this machine)
 
 Writes results.md, results.csv, rd.png (bits per pixel of the order-0 entropy vs PSNR, plus the
@@ -58,7 +60,8 @@ class Row:
     scan_bits: float         # per image, JPEG's Huffman scan; nan for non-JPEG tokenizers
     bpp_raw: float
     bpp_entropy: float
-    psnr: float
+    psnr: float              # mean over the images not decoded exactly; inf if all are exact
+    lossless: int            # images decoded exactly (PSNR inf)
     ssim: float
     encode_ips: float
     decode_ips: float
@@ -134,6 +137,12 @@ def fit_like(original: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(ImageOps.fit(Image.fromarray(original), (shape[1], shape[0]), Image.Resampling.LANCZOS))
 
 
+def finite_mean(psnr: list[float]) -> tuple[float, int]:
+    """(mean PSNR over the lossy images, count of exact ones): inf if every image is exact."""
+    finite = [p for p in psnr if math.isfinite(p)]
+    return (float(np.mean(finite)) if finite else float("inf")), len(psnr) - len(finite)
+
+
 def measure(name: str, tok: Any, paths: list[Path], originals: list[np.ndarray], model: Any = None
             ) -> tuple[Row, list[np.ndarray]]:
     """One Row for `tok` over the images, and the reconstructions."""
@@ -145,7 +154,8 @@ def measure(name: str, tok: Any, paths: list[Path], originals: list[np.ndarray],
     recons = [to_rgb(tok.decode(s)) for s in seqs]
     t2 = time.perf_counter()
     refs = [fit_like(o, r.shape) for o, r in zip(originals, recons)]
-    psnr = [peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(refs, recons)]
+    with np.errstate(divide="ignore"):                # an exact decode is inf dB, counted as lossless
+        psnr = [peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(refs, recons)]
     win = min(7, *(min(r.shape[:2]) // 2 * 2 - 1 for r in recons))
     ssim = [structural_similarity(a, b, channel_axis=2, data_range=255, win_size=win)
             for a, b in zip(refs, recons)]
@@ -162,7 +172,7 @@ def measure(name: str, tok: Any, paths: list[Path], originals: list[np.ndarray],
     raw = float(lengths.mean() * math.log2(tok.vocab_size))
     row = Row(name, _family(name, tok), tok.vocab_size, len(paths), float(lengths.mean()),
               float(np.percentile(lengths, 95)), raw, float(lengths.mean() * h), model_bits, scan,
-              raw / pixels, lengths.mean() * h / pixels, float(np.mean(psnr)), float(np.mean(ssim)),
+              raw / pixels, lengths.mean() * h / pixels, *finite_mean(psnr), float(np.mean(ssim)),
               len(paths) / (t1 - t0), len(paths) / (t2 - t1))
     return row, recons
 
@@ -190,7 +200,7 @@ def write_table(rows: list[Row], out: Path) -> str:
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(r).items()})
     head = ["tokenizer", "vocab", "tokens mean", "tokens p95", "raw bits", "H0 bits", "model bits",
-            "JPEG scan bits", "bpp raw", "bpp H0", "PSNR dB", "SSIM", "enc img/s", "dec img/s"]
+            "JPEG scan bits", "bpp raw", "bpp H0", "PSNR dB", "lossless", "SSIM", "enc img/s", "dec img/s"]
     assert len(head) == len(cols)
     fmt = {"tokens_mean": ".1f", "tokens_p95": ".0f", "raw_bits": ".0f", "entropy_bits": ".0f",
            "model_bits": ".0f", "scan_bits": ".0f", "bpp_raw": ".3f", "bpp_entropy": ".3f", "psnr": ".2f",
@@ -204,7 +214,8 @@ def write_table(rows: list[Row], out: Path) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     n = rows[0].images if rows else 0
     md = (f"{n} images; bits are per image; H0 = order-0 entropy of the ids over these images; "
-          "bpp = bits per pixel of the decoded image.\n\n" + "\n".join(lines) + "\n")
+          "bpp = bits per pixel of the decoded image; PSNR = mean over the images not decoded exactly, "
+          "lossless = images decoded exactly (inf PSNR).\n\n" + "\n".join(lines) + "\n")
     (out / "results.md").write_text(md)
     return md
 
@@ -266,8 +277,8 @@ def video_rows(videos: list[str], qualities: tuple[int, ...], size: tuple[int, i
                 per = np.bincount(seq.positions[:, 0])
                 p = np.bincount(seq.ids, minlength=tok.vocab_size) / len(seq)
                 h = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
-                psnr = np.mean([peak_signal_noise_ratio(fit_like(s, f.shape), f, data_range=255)
-                                for s, f in zip(src, frames)])
+                psnr, _ = finite_mean([peak_signal_noise_ratio(fit_like(s, f.shape), f, data_range=255)
+                                       for s, f in zip(src, frames)])
                 n = len(frames)
                 rows.append(VideoRow(Path(v).name, mode, q, n, tok.vocab_size, len(seq) / n, int(per[0]),
                                      float(per[1:].mean()) if n > 1 else float("nan"),
