@@ -5,9 +5,10 @@
     python -m dctgpt.compare --train --out out/compare_gpu --scale gpu    # the bigger recipe, one GPU
     python -m dctgpt.compare --train --out out/compare_train --iters 800 --tokenizers jpeg jpeg_c2f
 
-Tokenizers: `jpeg` (JPEG-DCT, raster order), `jpeg_c2f` (coarse-to-fine), `bpe` (BPE over `jpeg`,
-learned on embedded train crops), `vqvae` (a VQ-VAE trained here), `hybrid` (the hybrid JPEG + VQ
-tokenizer trained here); JPEG-based ones at --quality. Every model sees the same recipe: the same
+Tokenizers: `jpeg` (JPEG-DCT, raster order), `jpeg_c2f` (coarse-to-fine), `bpe` (BPE over `jpeg`),
+`vqvae` (a VQ-VAE), `hybrid` (the hybrid JPEG + VQ tokenizer); JPEG-based ones at --quality. BPE,
+VQ-VAE and hybrid are trained here, on the first of the corpus's train crops (--bpe_crops; at most
+2,048 for the VQs). Every model sees the same recipe: the same
 architecture (the transformer's parameters are equal; the tied embedding grows with the vocabulary,
 both counts are reported), the same iterations of the same tokens per iteration (batch x block),
 drawn from the same embedded train crops (tokenizer.corpus.embedded, --train_crops at --size).
@@ -146,14 +147,15 @@ def build_tokenizer(name: str, cfg: TrainCompareConfig, out: Path):
         from tokenizer.bpe.tokenizer import BpeTokenizer
         from tokenizer.corpus.embedded import crops
 
-        streams = (base.encode(c.pixels).ids for c in crops("train", cfg.bpe_crops, size, seed=7))
+        streams = (base.encode(c.pixels).ids for c in crops("train", cfg.bpe_crops, size))   # corpus crops
         tok = BpeTokenizer.train(base, streams, cfg.bpe_vocab)
         tok.save(d)
         return tok
     from tokenizer.vqvae.train import VqTrainConfig
 
     tcfg = VqTrainConfig(out=str(d), steps=cfg.vq_steps if name == "vqvae" else cfg.hybrid_steps,
-                         num_threads=cfg.threads, log_interval=100)
+                         train_crops=min(cfg.train_crops, 2048), val_crops=min(cfg.val_crops, 64),
+                         num_threads=cfg.threads, log_interval=100)   # the first of the corpus's crops
     if name == "vqvae":
         from tokenizer.vqvae.model import VqConfig
         from tokenizer.vqvae.train import train
