@@ -27,7 +27,7 @@ probe of the same checkpoint re-fits the regressions only.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -50,6 +50,7 @@ from dctgpt import checkpoint
 from dctgpt.model import GPT, KVCache
 from dctgpt.probe_data import SPLITS, TASKS, ProbeData, probe_data
 from tokenizer.base import COMPONENT, Tokenizer, TokenSequence
+from tokenizer.cli import run
 
 log = logging.getLogger("dctgpt.probe")
 POOLED = "mean over body tokens (position component > 0), residual stream after the embedding and each block"
@@ -62,20 +63,20 @@ def default_cache() -> str:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    ckpt: str
-    task: str = "rotation"
-    images: str = "embedded"      # photos (rotation, source): "embedded[:train|:val]" or a folder
-    json: str = ""
-    seeds: tuple[int, ...] = (0,)
-    crops_per_photo: int = 32     # rotation / source: train crops per photo (val: 1/4, test: 1/2 of it)
-    max_images: int = 0           # labels: at most this many images per split (0 = all)
-    label_column: str | None = None
-    image_column: str | None = None
-    C: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
-    cache: str = ""               # feature cache folder; "" = default_cache(), "none" = off
-    batch_size: int = 8
+    ckpt: str                     # checkpoint dir (or the out_dir holding ckpt/)
+    task: str = "rotation"        # "rotation", "source" or "labels"
+    images: str = "embedded"      # photos (embedded[:train|:val], a folder) or labelled data (see above)
+    json: str = ""                # write the report here
+    seeds: tuple[int, ...] = (0,)  # new crops (rotation, source) and a new random init per seed
+    crops_per_photo: int = 32     # rotation/source: train crops per photo (val: 1/4, test: 1/2 of it)
+    max_images: int = 0           # labels: at most this many images per split; 0 = all
+    label_column: str | None = None  # a saved dataset's label column; none = label, labels or fine_label
+    image_column: str | None = None  # a saved dataset's image column; none = its first image column
+    C: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)  # inverse regularization strengths, chosen on val
+    cache: str = ""               # feature cache folder; "" = $XDG_CACHE_HOME/dctgpt/probe, "none" = off
+    batch_size: int = 8           # images per forward pass
     threads: int = 0              # torch CPU threads; 0 = torch's default
-    progress: bool = True
+    progress: bool = True         # progress bars (on a terminal)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -320,34 +321,14 @@ def main(cfg: ProbeConfig) -> dict:
     return report
 
 
-def cli(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m dctgpt.probe", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ckpt", required=True, help="checkpoint dir (or the out_dir holding ckpt/)")
-    ap.add_argument("--task", required=True, choices=TASKS)
-    ap.add_argument("--images", default="embedded",
-                    help="rotation/source: embedded[:train|:val] or a folder of photos; labels: a folder "
-                         "of class folders or a saved Hugging Face dataset")
-    ap.add_argument("--json", default="", help="write the report here")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--crops_per_photo", type=int, default=32)
-    ap.add_argument("--max_images", type=int, default=0, help="labels: at most this many per split")
-    ap.add_argument("--label_column")
-    ap.add_argument("--image_column")
-    ap.add_argument("--C", type=float, nargs="+", default=[0.001, 0.01, 0.1, 1.0])
-    ap.add_argument("--cache", default="", help=f"feature cache (default {default_cache()}; 'none': off)")
-    ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=0)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = ProbeConfig(a.ckpt, a.task, a.images, a.json, tuple(a.seeds), a.crops_per_photo, a.max_images,
-                          a.label_column, a.image_column, tuple(a.C), a.cache, a.batch_size, a.threads,
-                          progress=sys.stderr.isatty())
-        report = main(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        ap.error(str(e))
+def _main(cfg: ProbeConfig) -> dict:
+    report = main(dataclasses.replace(cfg, progress=cfg.progress and sys.stderr.isatty()))
     print(format_report(report))
     return report
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    return run(_main, ProbeConfig, argv)
 
 
 if __name__ == "__main__":
