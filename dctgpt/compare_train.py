@@ -1,9 +1,11 @@
 """The comparison that trains: one GPT recipe on each tokenizer's corpus, then what each model knows.
 
-    python -m dctgpt.compare --train --out out/compare_train              # CPU: about an hour, 2 cores
-    python -m dctgpt.compare --train --out out/compare_quick --quick      # minutes: a smoke run
-    python -m dctgpt.compare --train --out out/compare_gpu --scale gpu    # the bigger recipe, one GPU
-    python -m dctgpt.compare --train --out out/compare_train --iters 800 --tokenizers jpeg jpeg_c2f
+    python -m dctgpt.compare_train --out out/compare_train             # CPU: about an hour, 2 cores
+    python -m dctgpt.compare_train --out out/compare_quick --scale quick  # minutes: a smoke run
+    python -m dctgpt.compare_train --out out/compare_gpu --scale gpu      # the bigger recipe, one GPU
+    python -m dctgpt.compare_train --out out/ct --iters 800 --tokenizers jpeg jpeg_c2f
+
+`python -m dctgpt.compare --train ...` is the same command, and `--quick` is `--scale quick`.
 
 Tokenizers: `jpeg` (JPEG-DCT, raster order), `jpeg_c2f` (coarse-to-fine), `bpe` (BPE over `jpeg`),
 `vqvae` (a VQ-VAE), `hybrid` (the hybrid JPEG + VQ tokenizer); JPEG-based ones at --quality. BPE,
@@ -49,37 +51,37 @@ TOKENIZERS = ("jpeg", "jpeg_c2f", "bpe", "vqvae", "hybrid")
 class TrainCompareConfig:
     out: str = "out/compare_train"  # output folder (tables, plots, tokenizers, corpora, runs)
     scale: str = "cpu"             # preset: cpu (about an hour, 2 cores), quick (smoke), gpu; keys override
-    tokenizers: tuple[str, ...] = TOKENIZERS
+    tokenizers: tuple[str, ...] = TOKENIZERS  # some of jpeg, jpeg_c2f, bpe, vqvae, hybrid
     size: int = 64                 # square crops, pixels
-    quality: int = 25              # JPEG-based tokenizers
+    quality: int = 25              # JPEG quality of the JPEG-based tokenizers
     train_crops: int = 8000        # embedded train crops: the same images for every tokenizer
     val_crops: int = 64            # embedded val crops: held out, for bits per pixel and distortion
     # the GPT recipe, the same for every tokenizer
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 768
-    batch_size: int = 8
-    iters: int = 600               # CPU default sizing: see the note above PRESETS
-    learning_rate: float = 2e-3
-    warmup_iters: int = 30
+    n_layer: int = 4               # transformer blocks
+    n_head: int = 4                # attention heads
+    n_embd: int = 128              # width
+    block_size: int = 768          # context in tokens
+    batch_size: int = 8            # rows of block_size tokens per iteration
+    iters: int = 600               # training iterations per tokenizer (the CPU sizing: above PRESETS)
+    learning_rate: float = 2e-3    # peak learning rate (cosine decay to a tenth)
+    warmup_iters: int = 30         # linear warmup iterations
     # tokenizers trained here
-    bpe_vocab: int = 2048
-    bpe_crops: int = 500
-    vq_codebook: int = 512
-    vq_downsample: int = 4
-    vq_steps: int = 600
-    hybrid_codebook: int = 1024
-    hybrid_group: int = 1
-    hybrid_steps: int = 600
+    bpe_vocab: int = 2048          # BPE vocabulary (base JPEG-DCT ids included)
+    bpe_crops: int = 500           # train crops BPE learns its merges from
+    vq_codebook: int = 512         # VQ-VAE codes
+    vq_downsample: int = 4         # VQ-VAE pixels per code along a side (4 or 8)
+    vq_steps: int = 600            # VQ-VAE training steps
+    hybrid_codebook: int = 1024    # hybrid codes
+    hybrid_group: int = 1          # hybrid: 1 = a code per 8x8 block, 2 = per 16x16 MCU
+    hybrid_steps: int = 600        # hybrid training steps
     # measurement
     probe_crops: int = 16          # train crops per photo for the probes (dctgpt.probe_data)
-    probe_seeds: tuple[int, ...] = (0,)
+    probe_seeds: tuple[int, ...] = (0,)  # probe seeds (new crops and random init each)
     probe_C: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)   # logistic regression C, chosen on val
-    samples: int = 8
-    threads: int = 2
-    device: str = "auto"
-    dtype: str = "float32"
+    samples: int = 8               # samples per model in samples.png
+    threads: int = 2               # torch CPU threads (and corpus workers)
+    device: str = "auto"           # "auto", "cpu", "cuda"
+    dtype: str = "float32"         # "float32" or "bfloat16" (autocast)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokenizers", tuple(self.tokenizers))
@@ -370,3 +372,7 @@ def with_preset(argv: list[str]) -> list[str]:
 def cli(argv: list[str] | None = None) -> list[TrainedRow]:
     """`--scale cpu|quick|gpu` (or `--quick`) picks a preset; any key overrides it (`--help`)."""
     return run(main, TrainCompareConfig, with_preset(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    cli()
