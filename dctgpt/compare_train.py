@@ -75,6 +75,7 @@ class TrainCompareConfig:
     hybrid_group: int = 1          # hybrid: 1 = a code per 8x8 block, 2 = per 16x16 MCU
     hybrid_steps: int = 600        # hybrid training steps
     # measurement
+    probe_images: str = "embedded"  # probe photos: embedded (19), embedded:val (3 held out), a folder
     probe_crops: int = 16          # train crops per photo for the probes (dctgpt.probe_data)
     probe_seeds: tuple[int, ...] = (0,)  # probe seeds (new crops and random init each)
     probe_C: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)   # logistic regression C, chosen on val
@@ -247,7 +248,7 @@ def run_one(name: str, cfg: TrainCompareConfig, out: Path, paths: list[Path], or
     acc = {}
     for task in ("rotation", "source"):
         rep = probe.main(probe.ProbeConfig(
-            ckpt=str(run), task=task, images="embedded", seeds=cfg.probe_seeds,
+            ckpt=str(run), task=task, images=cfg.probe_images, seeds=cfg.probe_seeds,
             crops_per_photo=cfg.probe_crops, C=cfg.probe_C, json=str(out / "probes" / f"{name}-{task}.json"),
             cache=str(out / "probe_cache"), threads=cfg.threads, progress=False))
         acc[task] = (rep["summary"]["trained"]["mean"], rep["summary"]["random"]["mean"])
@@ -295,7 +296,7 @@ def write_results(rows: list[TrainedRow], out: Path, cfg: TrainCompareConfig) ->
     md = (f"{cfg.n_layer}x{cfg.n_embd} GPT, {cfg.iters} iterations of {cfg.batch_size}x{cfg.block_size} "
           f"tokens on {cfg.train_crops} embedded train crops at {cfg.size}x{cfg.size} (JPEG q{cfg.quality}); "
           f"bpp and PSNR on {cfg.val_crops} held-out crops of the val photos; probe top-1 at the best layer "
-          f"on val, seeds {list(cfg.probe_seeds)}.\n\n" + "\n".join(lines) + "\n")
+          f"on val ({cfg.probe_images} photos), seeds {list(cfg.probe_seeds)}.\n\n" + "\n".join(lines) + "\n")
     (out / "results.md").write_text(md)
     return md
 

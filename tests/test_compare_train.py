@@ -17,7 +17,8 @@ from dctgpt.compare_train import PRESETS, TrainCompareConfig, band_bits, with_pr
 def test_train_mode_trains_every_tokenizer_and_writes_table_plots_and_samples(tmp_path):
     out = tmp_path / "ct"
     args = ["--train", "--quick", "--out", str(out), "--size", "16", "--train_crops", "24", "--bpe_crops",
-            "16", "--block_size", "128", "--samples", "2", "--probe_crops", "1"]
+            "16", "--block_size", "128", "--samples", "2", "--probe_crops", "1",
+            "--probe_images", "embedded:val"]
     rows = cli(args)
     assert [r.tokenizer for r in rows] == ["jpeg", "jpeg_c2f", "bpe", "vqvae", "hybrid"]
     by = {r.tokenizer: r for r in rows}
