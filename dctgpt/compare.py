@@ -13,8 +13,12 @@ directory (VQ-VAE, JPEG-DCT, BPE, ...), or the shorthands "jpeg-grid" / "bpe-gri
 - raw bits = tokens x log2(vocab); order-0 entropy bits = tokens x H(id histogram of these images)
 - model bits (only for the --checkpoint's own tokenizer): the model's NLL, dctgpt.evaluate
 - JPEG scan bits: the Huffman-coded scan of the same JPEG (JPEG-DCT based rows)
-- PSNR / SSIM (skimage.metrics) of the decoded image against the original fitted to its geometry
+- PSNR / SSIM (skimage.metrics) of the decoded image against the original fitted to its geometry;
+  PSNR is the mean over images decoded with loss, `lossless` counts the exact ones (inf PSNR), and a
+  row with every image exact has PSNR inf, drawn on the RD plot's marked top edge
 - encode and decode images per second (one process, this machine)
+
+`--train` runs the comparison that trains a model per tokenizer instead (dctgpt.compare_train).
 
 Writes results.md, results.csv, rd.png (bits per pixel of the order-0 entropy vs PSNR, plus the
 JPEG scan and model bits where present) and recon.png (originals and reconstructions side by side).
@@ -25,44 +29,23 @@ motion (per-frame whole-block motion vectors).
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from dctgpt.measure import IMAGE_EXTS, Row, finite_mean, fit_like, label, load_rgb, measure, to_rgb
 from dctgpt.plot import Series, image_grid, line_plot
 from tokenizer.base import load_tokenizer
 from tokenizer.cli import run
-from tokenizer.jpeg.io import scan_bytes
 
 log = logging.getLogger("dctgpt.compare")
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
-
-
-@dataclass
-class Row:
-    tokenizer: str
-    family: str              # curve of the RD plot this row belongs to
-    vocab: int
-    images: int
-    tokens_mean: float
-    tokens_p95: float
-    raw_bits: float          # per image
-    entropy_bits: float      # per image, order-0
-    model_bits: float        # per image, nan without a checkpoint for this tokenizer
-    scan_bits: float         # per image, JPEG's Huffman scan; nan for non-JPEG tokenizers
-    bpp_raw: float
-    bpp_entropy: float
-    psnr: float
-    ssim: float
-    encode_ips: float
-    decode_ips: float
 
 
 def parse_spec(spec: str, size: tuple[int, int] | None, bpe_crops: int) -> tuple[str, Any]:
@@ -92,15 +75,6 @@ def parse_spec(spec: str, size: tuple[int, int] | None, bpe_crops: int) -> tuple
     return label(tok), tok
 
 
-def label(tok: Any) -> str:
-    """A short name: "jpeg q25 raster", "bpe2048 q25 c2f", or the tokenizer's registered name."""
-    if tok.name not in ("jpeg_dct", "jpeg_dct_bpe"):
-        return tok.name
-    c = tok.config
-    kind = "jpeg" if tok.name == "jpeg_dct" else f"bpe{tok.vocab_size}"
-    return f"{kind} q{c.quality} {'c2f' if c.order == 'coarse_to_fine' else c.order}"
-
-
 def expand(specs: list[str], qualities: list[int], bpe_vocab: int) -> list[str]:
     out = []
     for s in specs:
@@ -113,76 +87,6 @@ def expand(specs: list[str], qualities: list[int], bpe_vocab: int) -> list[str]:
     return out
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-
-
-def to_rgb(decoded: Any) -> np.ndarray:
-    """A tokenizer's decode output (image bytes, PIL image or array) as (H, W, 3) uint8."""
-    if isinstance(decoded, (bytes, bytearray)):
-        decoded = Image.open(io.BytesIO(decoded))
-    if isinstance(decoded, Image.Image):
-        decoded = np.asarray(decoded.convert("RGB"))
-    a = np.asarray(decoded, np.uint8)
-    return np.repeat(a[:, :, None], 3, 2) if a.ndim == 2 else a
-
-
-def fit_like(original: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The original at a decoded image's geometry (scale to cover, crop the middle, as tokenizers do)."""
-    if original.shape[:2] == shape[:2]:
-        return original
-    return np.asarray(ImageOps.fit(Image.fromarray(original), (shape[1], shape[0]), Image.Resampling.LANCZOS))
-
-
-def measure(name: str, tok: Any, paths: list[Path], originals: list[np.ndarray], model: Any = None
-            ) -> tuple[Row, list[np.ndarray]]:
-    """One Row for `tok` over the images, and the reconstructions."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    t0 = time.perf_counter()
-    seqs = [tok.encode(p) for p in paths]
-    t1 = time.perf_counter()
-    recons = [to_rgb(tok.decode(s)) for s in seqs]
-    t2 = time.perf_counter()
-    refs = [fit_like(o, r.shape) for o, r in zip(originals, recons)]
-    psnr = [peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(refs, recons)]
-    win = min(7, *(min(r.shape[:2]) // 2 * 2 - 1 for r in recons))
-    ssim = [structural_similarity(a, b, channel_axis=2, data_range=255, win_size=win)
-            for a, b in zip(refs, recons)]
-    lengths = np.array([len(s) for s in seqs])
-    ids = np.concatenate([s.ids for s in seqs])
-    p = np.bincount(ids, minlength=tok.vocab_size) / len(ids)
-    h = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
-    pixels = float(np.mean([r.shape[0] * r.shape[1] for r in recons]))
-    scan = _scan_bits(tok, paths)
-    model_bits = float("nan")
-    if model is not None:
-        from dctgpt.evaluate import sequence_nll
-        model_bits = float(np.mean([sequence_nll(model, s).sum() / math.log(2) for s in seqs]))
-    raw = float(lengths.mean() * math.log2(tok.vocab_size))
-    row = Row(name, _family(name, tok), tok.vocab_size, len(paths), float(lengths.mean()),
-              float(np.percentile(lengths, 95)), raw, float(lengths.mean() * h), model_bits, scan,
-              raw / pixels, lengths.mean() * h / pixels, float(np.mean(psnr)), float(np.mean(ssim)),
-              len(paths) / (t1 - t0), len(paths) / (t2 - t1))
-    return row, recons
-
-
-def _scan_bits(tok: Any, paths: list[Path]) -> float:
-    jpegs = [tok.to_jpeg(p) for p in paths]
-    if any(j is None for j in jpegs):   # learned tokens: no JPEG scan to compare with
-        return float("nan")
-    return float(np.mean([8 * scan_bytes(j) for j in jpegs]))
-
-
-def _family(name: str, tok: Any) -> str:
-    if name.startswith("ckpt "):
-        return "checkpoint"
-    if tok.name in ("jpeg_dct", "jpeg_dct_bpe"):
-        return name.split(" q")[0] + " " + name.split(" ")[-1]
-    return tok.name
-
-
 def write_table(rows: list[Row], out: Path) -> str:
     cols = [f.name for f in fields(Row) if f.name not in ("family", "images")]
     with open(out / "results.csv", "w", newline="") as f:
@@ -191,7 +95,7 @@ def write_table(rows: list[Row], out: Path) -> str:
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(r).items()})
     head = ["tokenizer", "vocab", "tokens mean", "tokens p95", "raw bits", "H0 bits", "model bits",
-            "JPEG scan bits", "bpp raw", "bpp H0", "PSNR dB", "SSIM", "enc img/s", "dec img/s"]
+            "JPEG scan bits", "bpp raw", "bpp H0", "PSNR dB", "lossless", "SSIM", "enc img/s", "dec img/s"]
     assert len(head) == len(cols)
     fmt = {"tokens_mean": ".1f", "tokens_p95": ".0f", "raw_bits": ".0f", "entropy_bits": ".0f",
            "model_bits": ".0f", "scan_bits": ".0f", "bpp_raw": ".3f", "bpp_entropy": ".3f", "psnr": ".2f",
@@ -205,7 +109,8 @@ def write_table(rows: list[Row], out: Path) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     n = rows[0].images if rows else 0
     md = (f"{n} images; bits are per image; H0 = order-0 entropy of the ids over these images; "
-          "bpp = bits per pixel of the decoded image.\n\n" + "\n".join(lines) + "\n")
+          "bpp = bits per pixel of the decoded image; PSNR = mean over the images not decoded exactly, "
+          "lossless = images decoded exactly (inf PSNR).\n\n" + "\n".join(lines) + "\n")
     (out / "results.md").write_text(md)
     return md
 
@@ -267,8 +172,8 @@ def video_rows(videos: list[str], qualities: tuple[int, ...], size: tuple[int, i
                 per = np.bincount(seq.positions[:, 0])
                 p = np.bincount(seq.ids, minlength=tok.vocab_size) / len(seq)
                 h = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
-                psnr = np.mean([peak_signal_noise_ratio(fit_like(s, f.shape), f, data_range=255)
-                                for s, f in zip(src, frames)])
+                psnr, _ = finite_mean([peak_signal_noise_ratio(fit_like(s, f.shape), f, data_range=255)
+                                       for s, f in zip(src, frames)])
                 n = len(frames)
                 rows.append(VideoRow(Path(v).name, mode, q, n, tok.vocab_size, len(seq) / n, int(per[0]),
                                      float(per[1:].mean()) if n > 1 else float("nan"),
@@ -358,7 +263,12 @@ def _main(c: CompareConfig) -> list[Row]:
                 threads=c.threads)
 
 
-def cli(argv: list[str] | None = None) -> list[Row]:
+def cli(argv: list[str] | None = None) -> list:
+    """The comparison on a folder; with --train, the comparison that trains (dctgpt.compare_train)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--train" in argv:
+        from dctgpt import compare_train
+        return compare_train.cli([a for a in argv if a != "--train"])
     return run(_main, CompareConfig, argv)
 
 

@@ -1,4 +1,9 @@
-"""Small charts drawn with PIL (no matplotlib): a line/scatter plot and a labelled image grid."""
+"""Small charts drawn with PIL (no matplotlib): a line/scatter plot and a labelled image grid.
+
+    line_plot([Series("jpeg", [0.5, 1.0], [30.0, float("inf")])], "RD", "bpp", "PSNR (dB)").save("rd.png")
+
+A y value of +inf (a lossless PSNR) is drawn on a marked band above the axes' top edge.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+INF_BAND = 24              # pixels above the axes where y = +inf points sit
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
           "#7f7f7f", "#bcbd22"]
 
@@ -48,15 +54,19 @@ def line_plot(series: list[Series], title: str, xlabel: str, ylabel: str,
     f, fs = _font(13), _font(11)
     xs = [v for s in series for v in s.x if np.isfinite(v)]
     ys = [v for s in series for v in s.y if np.isfinite(v)]
-    if not xs or not ys:
+    top_band = any(b == math.inf and np.isfinite(a) for s in series for a, b in zip(s.x, s.y))
+    if not xs or not (ys or top_band):
         d.text((left, top), "no data", fill="black", font=f)
         return im
-    xt, yt = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
+    xt, yt = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys or [0.0]), max(ys or [1.0]))
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
+    inf_y, axes_top = top + INF_BAND // 2, top + (INF_BAND if top_band else 0)
 
     def px(x: float, y: float) -> tuple[float, float]:
+        if y == math.inf:              # the lossless band above the axes
+            return left + (x - x0) / (x1 - x0) * (W - left - right), inf_y
         return (left + (x - x0) / (x1 - x0) * (W - left - right),
-                H - bottom - (y - y0) / (y1 - y0) * (H - top - bottom))
+                H - bottom - (y - y0) / (y1 - y0) * (H - axes_top - bottom))
 
     for x in xt:
         a = px(x, y0)
@@ -67,6 +77,10 @@ def line_plot(series: list[Series], title: str, xlabel: str, ylabel: str,
         d.line([a, px(x1, y)], fill="#e6e6e6")
         d.text((a[0] - 4, a[1]), f"{y:g}", fill="black", font=fs, anchor="rm")
     d.rectangle([px(x0, y1), px(x1, y0)], outline="black")
+    if top_band:
+        for x in range(left, W - right, 8):        # a dashed line marks the band of inf values
+            d.line([(x, inf_y), (min(x + 4, W - right), inf_y)], fill="#999999")
+        d.text((left - 4, inf_y), "inf", fill="black", font=fs, anchor="rm")
     d.text((W / 2 - right / 2 + left / 2, 10), title, fill="black", font=f, anchor="ma")
     d.text(((left + W - right) / 2, H - 18), xlabel, fill="black", font=f, anchor="ma")
     label = Image.new("RGBA", (300, 20), (255, 255, 255, 0))
@@ -75,7 +89,7 @@ def line_plot(series: list[Series], title: str, xlabel: str, ylabel: str,
     im.paste(label, (4, int((top + H - bottom) / 2 - 150)), label)
     for i, s in enumerate(series):
         c = COLORS[i % len(COLORS)]
-        pts = sorted((a, b) for a, b in zip(s.x, s.y) if np.isfinite(a) and np.isfinite(b))
+        pts = sorted((a, b) for a, b in zip(s.x, s.y) if np.isfinite(a) and (np.isfinite(b) or b == math.inf))
         xy = [px(a, b) for a, b in pts]
         if s.line and len(xy) > 1:
             d.line(xy, fill=c, width=2)

@@ -14,11 +14,12 @@ import pytest
 
 import sample
 import train
-from dctgpt import compare, evaluate
+from dctgpt import compare, compare_train, evaluate, probe
 from dctgpt.config import TrainConfig
 from tokenizer.bpe import train as bpe_train
 from tokenizer.cli import keys, parse_config
 from tokenizer.corpus import clips, embedded, prepare
+from tokenizer.hybrid import train as hybrid_train
 from tokenizer.jpeg import reference
 from tokenizer.vqvae import train as vq_train
 
@@ -34,6 +35,9 @@ ENTRY_POINTS = {   # the command, its cli(argv) and the config class it parses
     "python -m tokenizer.vqvae.train": (vq_train.cli, vq_train.VqRun),
     "python -m dctgpt.evaluate": (evaluate.cli, evaluate.EvaluateConfig),
     "python -m dctgpt.compare": (compare.cli, compare.CompareConfig),
+    "python -m dctgpt.compare_train": (compare_train.cli, compare_train.TrainCompareConfig),
+    "python -m dctgpt.probe": (probe.cli, probe.ProbeConfig),
+    "python -m tokenizer.hybrid.train": (hybrid_train.cli, hybrid_train.HybridRun),
 }
 
 

@@ -109,3 +109,31 @@ def test_specs_and_errors(setup, tmp_path, capsys):
     assert errors[1].startswith("error: tokenizer spec 'webp:q=5': expected jpeg:")
     assert errors[2].startswith(f"error: {tmp_path}: no image files (")
     assert [e.count("\n") for e in errors] == [1, 1, 1]
+
+
+def test_lossless_rows_keep_a_finite_mean_and_sit_on_the_plot_top_edge(tmp_path):
+    from dctgpt.compare import rd_plot
+    from dctgpt.plot import COLORS, INF_BAND
+    from tokenizer.corpus.embedded import crops
+    from tokenizer.jpeg.io import encode_pixels
+
+    images = tmp_path / "jpegs"                 # JPEGs at the tokenizer's quality: kept bit for bit
+    images.mkdir()
+    for c in crops("val", 3, (32, 32), seed=2):
+        (images / f"{c.name}.jpg").write_bytes(encode_pixels(c.pixels, 25, "4:2:0"))
+    rows = cli(["--images", str(images), "--out", str(tmp_path / "out"),
+                "--tokenizers", "jpeg:q=25", "jpeg:q=10"])
+    q25, q10 = rows
+    assert q25.lossless == 3 and q25.psnr == math.inf
+    assert q10.lossless == 0 and 20 < q10.psnr < 40
+    assert "| jpeg q25 raster | " in (tmp_path / "out" / "results.md").read_text()
+
+    def band_has(color: str, rows_: list) -> bool:
+        """`color` on the dashed inf line inside the axes (left 64, right 200 px; band below top 36)."""
+        y = 36 + INF_BAND // 2
+        a = np.asarray(rd_plot(rows_))[y - 4:y + 5, 64:760 - 200].reshape(-1, 3)
+        return bool((a == np.array(Image.new("RGB", (1, 1), color).getpixel((0, 0)))).all(1).any())
+
+    assert band_has(COLORS[0], rows)            # the lossless q25 point of the "jpeg raster" curve
+    dropped = q25.__class__(**{**q25.__dict__, "psnr": float("nan")})   # as when inf rows were dropped
+    assert not band_has(COLORS[0], [q10, dropped])

@@ -202,6 +202,7 @@ TOKENIZERS = {
     "jpeg_dct": "tokenizer.jpeg.tokenizer:JpegDctTokenizer",
     "jpeg_dct_bpe": "tokenizer.bpe.tokenizer:BpeTokenizer",
     "vqvae": "tokenizer.vqvae.tokenizer:VqVaeTokenizer",
+    "hybrid": "tokenizer.hybrid.tokenizer:HybridTokenizer",
     "video_dct": "tokenizer.video.tokenizer:VideoTokenizer",
 }
 

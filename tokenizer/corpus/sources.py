@@ -121,7 +121,7 @@ def hf_splits(src: Source) -> dict:
     return {"train": ds}
 
 
-def _image_column(ds: Any, wanted: str | None, where: str) -> str:
+def find_image_column(ds: Any, wanted: str | None, where: str) -> str:
     import datasets
 
     if wanted is not None:
@@ -141,7 +141,7 @@ def _raw_images(ds: Any, src: Source) -> tuple[Any, str]:
     """The dataset with its image column as undecoded bytes (JPEGs stay JPEGs), and that column."""
     import datasets
 
-    col = _image_column(ds, src.image_column, src.path)
+    col = find_image_column(ds, src.image_column, src.path)
     if isinstance((ds.features or {}).get(col), datasets.Image):
         ds = ds.cast_column(col, datasets.Image(decode=False))
     return ds, col

@@ -8,7 +8,8 @@
 Stream: BOS GRID_H(rows) GRID_W(cols) code x rows*cols (raster) EOS. Ids 0..K-1 are the codebook
 entries, then PAD, BOS, EOS, GRID_H(1..max_grid), GRID_W(1..max_grid). Positions: codes are
 (0, 1, row, col, 0) in latent units; header tokens (0, 0, 0, 0, j) for j = 0, 1, 2; EOS (0, 0, 0, 0, 3).
-The grammar is a fixed-length language once the grid is known.
+The grammar is a fixed-length language once the grid is known. `CodeGridTokenizer` holds this
+stream format for any tokenizer of learned codes on a grid (the hybrid JPEG + VQ one shares it).
 
 The network is `tokenizer.vqvae.model.VqVae`; its weights, the quantizer state and the config are
 saved as `vqvae.safetensors` + `tokenizer.json`. Training: `tokenizer.vqvae.train`.
@@ -33,7 +34,7 @@ from tokenizer.vqvae.model import VqConfig, VqVae
 class VqGrammar:
     """BOS GRID_H GRID_W, then rows*cols codes, then EOS (see the module docstring)."""
 
-    def __init__(self, tok: VqVaeTokenizer):
+    def __init__(self, tok: CodeGridTokenizer):
         self.tok, self.n, self.done = tok, 0, False
         self.rows = self.cols = 0
 
@@ -45,9 +46,9 @@ class VqGrammar:
             m[t.bos_id] = True
         elif self.n in (1, 2):
             base = t.grid_h if self.n == 1 else t.grid_w
-            m[base:base + t.config.max_grid] = True
+            m[base:base + t.max_grid] = True
         elif self.n < 3 + self.rows * self.cols:
-            m[:t.config.codebook_size] = True
+            m[:t.codebook_size] = True
         else:
             m[t.eos_id] = True
         return m
@@ -71,7 +72,63 @@ class VqGrammar:
         return np.array([0, 0, 0, 0, j])
 
 
-class VqVaeTokenizer(Tokenizer):
+class CodeGridTokenizer(Tokenizer):
+    """The stream of learned codes on a grid (see the module docstring). A subclass calls `set_ids`
+    in `__init__` and maps media to codes and back."""
+
+    codebook_size: int
+    max_grid: int
+    cell: int            # pixels per code along each side
+
+    def set_ids(self, codebook_size: int, max_grid: int, cell: int) -> None:
+        K = self.codebook_size = codebook_size
+        self.max_grid, self.cell = max_grid, cell
+        self.pad_id, self.bos_id, self.eos_id = K, K + 1, K + 2
+        self.grid_h, self.grid_w = K + 3, K + 3 + max_grid
+        self.vocab_size = K + 3 + 2 * max_grid
+
+    def from_codes(self, codes: np.ndarray) -> TokenSequence:
+        """(rows, cols) codes -> BOS GRID_H GRID_W codes EOS."""
+        rows, cols = codes.shape
+        hdr = self.header(rows * self.cell, cols * self.cell)
+        r, c = np.divmod(np.arange(rows * cols), cols)
+        body = np.stack([np.zeros_like(r), np.ones_like(r), r, c, np.zeros_like(r)], 1)
+        return TokenSequence(np.concatenate([hdr.ids, codes.ravel(), [self.eos_id]]),
+                             np.concatenate([hdr.positions, body, [[0, 0, 0, 0, 3]]]))
+
+    def to_codes(self, seq: TokenSequence) -> np.ndarray:
+        """(rows, cols) codes of a complete stream; TokenizerError if it is not one."""
+        g = self.grammar()
+        for t in seq.ids:
+            g.push(int(t))
+        if not g.done:
+            raise TokenizerError(f"code stream of {len(seq)} tokens ends before its EOS")
+        return seq.ids[3:-1].astype(np.int64).reshape(g.rows, g.cols)
+
+    def header(self, height: int, width: int, quality: int | None = None,
+               subsampling: str | None = None) -> TokenSequence:
+        """BOS GRID_H GRID_W of an image of height x width pixels (quality/subsampling: unused)."""
+        d, g = self.cell, self.max_grid
+        if height % d or width % d or not (1 <= height // d <= g and 1 <= width // d <= g):
+            raise TokenizerError(f"{width}x{height}: expected multiples of {d} up to {g * d} pixels")
+        ids = [self.bos_id, self.grid_h + height // d - 1, self.grid_w + width // d - 1]
+        pos = np.zeros((3, 5), np.int64)
+        pos[:, 4] = [0, 1, 2]
+        return TokenSequence(np.array(ids), pos)
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of a complete stream, from its grid header (no walk)."""
+        ids = np.asarray(ids, np.int64)
+        rows, cols = (0, 0) if len(ids) < 4 else (ids[1] - self.grid_h + 1, ids[2] - self.grid_w + 1)
+        if rows < 1 or cols < 1 or len(ids) != 4 + rows * cols:
+            raise TokenizerError(f"a code stream of {len(ids)} tokens does not match its grid header")
+        return self.from_codes(ids[3:-1].reshape(rows, cols)).positions
+
+    def grammar(self, prefix: TokenSequence | None = None, bounded: bool = False) -> VqGrammar:
+        return advance(VqGrammar(self), prefix)     # codes always decode in range: bounded is moot
+
+
+class VqVaeTokenizer(CodeGridTokenizer):
     """Learned image tokens: one codebook id per downsample x downsample cell (lossy)."""
 
     name = "vqvae"
@@ -80,10 +137,7 @@ class VqVaeTokenizer(Tokenizer):
     def __init__(self, config: VqConfig | None = None, model: VqVae | None = None):
         self.config = c = config or VqConfig()
         self.model = (model or VqVae(c)).eval()
-        K = c.codebook_size
-        self.pad_id, self.bos_id, self.eos_id = K, K + 1, K + 2
-        self.grid_h, self.grid_w = K + 3, K + 3 + c.max_grid
-        self.vocab_size = K + 3 + 2 * c.max_grid
+        self.set_ids(c.codebook_size, c.max_grid, c.downsample)
 
     # -- media <-> pixels -------------------------------------------------------------------------
     def pixels(self, media: Any, name: str | None = None) -> np.ndarray:
@@ -112,31 +166,6 @@ class VqVaeTokenizer(Tokenizer):
         """Media comes in, BOS GRID_H GRID_W codes EOS comes out."""
         return self.from_codes(self.codes(self.pixels(media, name)))
 
-    def from_codes(self, codes: np.ndarray) -> TokenSequence:
-        rows, cols = codes.shape
-        hdr = self.header(rows * self.config.downsample, cols * self.config.downsample)
-        r, c = np.divmod(np.arange(rows * cols), cols)
-        body = np.stack([np.zeros_like(r), np.ones_like(r), r, c, np.zeros_like(r)], 1)
-        return TokenSequence(np.concatenate([hdr.ids, codes.ravel(), [self.eos_id]]),
-                             np.concatenate([hdr.positions, body, [[0, 0, 0, 0, 3]]]))
-
-    def positions(self, ids: np.ndarray) -> np.ndarray:
-        """Positions of a complete stream, from its grid header (no walk)."""
-        ids = np.asarray(ids, np.int64)
-        rows, cols = (0, 0) if len(ids) < 4 else (ids[1] - self.grid_h + 1, ids[2] - self.grid_w + 1)
-        if rows < 1 or cols < 1 or len(ids) != 4 + rows * cols:
-            raise TokenizerError(f"a VQ stream of {len(ids)} tokens does not match its grid header")
-        return self.from_codes(ids[3:-1].reshape(rows, cols)).positions
-
-    def to_codes(self, seq: TokenSequence) -> np.ndarray:
-        """(rows, cols) codes of a complete stream; TokenizerError if it is not one."""
-        g = self.grammar()
-        for t in seq.ids:
-            g.push(int(t))
-        if not g.done:
-            raise TokenizerError(f"VQ stream of {len(seq)} tokens ends before its EOS")
-        return seq.ids[3:-1].astype(np.int64).reshape(g.rows, g.cols)
-
     @torch.no_grad()
     def decode_pixels(self, seq: TokenSequence) -> np.ndarray:
         """Token stream in, (H, W, 3) uint8 pixels out."""
@@ -149,20 +178,6 @@ class VqVaeTokenizer(Tokenizer):
         buf = io.BytesIO()
         Image.fromarray(self.decode_pixels(seq)).save(buf, format="PNG")
         return buf.getvalue()
-
-    def header(self, height: int, width: int, quality: int | None = None,
-               subsampling: str | None = None) -> TokenSequence:
-        """BOS GRID_H GRID_W of an image of height x width pixels (quality/subsampling: unused)."""
-        d, g = self.config.downsample, self.config.max_grid
-        if height % d or width % d or not (1 <= height // d <= g and 1 <= width // d <= g):
-            raise TokenizerError(f"{width}x{height}: expected multiples of {d} up to {g * d} pixels")
-        ids = [self.bos_id, self.grid_h + height // d - 1, self.grid_w + width // d - 1]
-        pos = np.zeros((3, 5), np.int64)
-        pos[:, 4] = [0, 1, 2]
-        return TokenSequence(np.array(ids), pos)
-
-    def grammar(self, prefix: TokenSequence | None = None, bounded: bool = False) -> VqGrammar:
-        return advance(VqGrammar(self), prefix)     # codes always decode in range: bounded is moot
 
     # -- persistence ------------------------------------------------------------------------------
     def save_files(self, directory: Path) -> None:

@@ -97,6 +97,12 @@ def _to_tensor(px: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(px).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def lr_at(step: int, cfg: VqTrainConfig) -> float:
+    """Linear warmup, then cosine decay to a tenth of the learning rate."""
+    lr = cfg.learning_rate * min(1.0, (step + 1) / (cfg.warmup + 1))
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+
+
 def train(config: VqConfig, cfg: VqTrainConfig,
           progress: bool | None = None) -> tuple[VqVaeTokenizer, VqReport]:
     """Train, save to cfg.out (tokenizer, report.json, recon.png); returns the tokenizer and report."""
@@ -115,10 +121,8 @@ def train(config: VqConfig, cfg: VqTrainConfig,
     recon_loss = float("nan")
     model.train()
     for step in bar:
-        lr = cfg.learning_rate * min(1.0, (step + 1) / (cfg.warmup + 1))
-        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr_at(step, cfg)
         pick = rng.integers(len(train_px), size=cfg.batch_size)
         x = _to_tensor(train_px[pick])
         flip = torch.from_numpy(rng.random(cfg.batch_size) < 0.5)
@@ -160,14 +164,18 @@ def evaluate(tok: VqVaeTokenizer, val_px: np.ndarray, train_loss: float, seconds
                     ppl, train_loss, seconds)
 
 
-def recon_grid(tok: VqVaeTokenizer, px: np.ndarray, pad: int = 2) -> Image.Image:
+def recon_grid(tok: VqVaeTokenizer, px: np.ndarray) -> Image.Image:
     """Originals (top row) above their reconstructions (bottom row)."""
-    h, w = px.shape[1:3]
-    grid = Image.new("RGB", (len(px) * (w + pad) + pad, 2 * (h + pad) + pad), "white")
-    for i, p in enumerate(px):
-        rec = tok.decode_pixels(tok.from_codes(tok.codes(p)))
-        grid.paste(Image.fromarray(p), (pad + i * (w + pad), pad))
-        grid.paste(Image.fromarray(rec), (pad + i * (w + pad), 2 * pad + h))
+    return image_rows([list(px), [tok.decode_pixels(tok.from_codes(tok.codes(p))) for p in px]])
+
+
+def image_rows(rows: list[list[np.ndarray]], pad: int = 2) -> Image.Image:
+    """Rows of equally sized (H, W, 3) uint8 images, side by side, `pad` pixels apart."""
+    h, w = rows[0][0].shape[:2]
+    grid = Image.new("RGB", (len(rows[0]) * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
+    for r, row in enumerate(rows):
+        for i, p in enumerate(row):
+            grid.paste(Image.fromarray(p), (pad + i * (w + pad), pad + r * (h + pad)))
     return grid
 
 

@@ -1,0 +1,1 @@
+"""Hybrid JPEG + VQ tokenizer: learned codes over an aggressive JPEG's DCT coefficients."""
