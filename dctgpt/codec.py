@@ -78,10 +78,11 @@ class Predictor(Protocol):
 class GPTPredictor:
     """A GPT through its KV cache, one token per call, in the sliding windows `dctgpt.evaluate`
     scores with (stride block_size / 2): when a window ends, the cache is rebuilt from the last
-    block_size - stride tokens in one pass, so every token sees the context its NLL was measured with."""
+    block_size - stride tokens in one pass, so every token sees the context its NLL was measured with.
+    A model with context features gets each token's row from the tokenizer's context cursor."""
 
     def __init__(self, model: torch.nn.Module, tok: JpegDctTokenizer):
-        self.model = model.eval()
+        self.model, self.tok = model.eval(), tok
         config = [model.config.to_dict(), tok.name, dataclasses.asdict(tok.config)]
         h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())   # id: config, tokenizer, weights
         for name, t in sorted(model.state_dict().items()):
@@ -97,11 +98,19 @@ class GPTPredictor:
         self.cache = KVCache(self.model.config, 1)
         x = torch.tensor(self.ids[start:])[None]
         p = torch.from_numpy(np.stack(self.rows[start:]).astype(np.int64))[None]
-        return self.model(x, p, cache=self.cache)[0][0, -1].double().numpy()
+        return self.model(x, p, cache=self.cache, context=self._context(start))[0][0, -1].double().numpy()
+
+    def _context(self, start: int, end: int | None = None) -> torch.Tensor | None:
+        """The context rows (1, T, n_context) of tokens start..end-1, or None without features."""
+        if self.cursor is None:
+            return None
+        return torch.from_numpy(np.stack(self.cursor.rows[start:end]).astype(np.int64))[None]
 
     def start(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         n = min(len(ids), self.window - 1)         # (a header longer than that goes on one by one)
         self.ids, self.rows = [int(t) for t in ids[:n]], list(positions[:n])
+        self.cursor = self.tok.context_cursor(TokenSequence(ids[:n], positions[:n])) \
+            if self.model.config.n_context else None
         logits = self._prefill(0)
         for t, r in zip(ids[n:], positions[n:]):
             logits = self.step(int(t), r)
@@ -110,12 +119,14 @@ class GPTPredictor:
     def step(self, token: int, position: np.ndarray) -> np.ndarray:
         self.ids.append(int(token))
         self.rows.append(position)
+        if self.cursor is not None:
+            self.cursor.push(int(token), position)
         p = len(self.ids) - 1                       # the position whose logits are wanted
         if p >= self.window - 1 and (p - self.window + 1) % self.stride == 0:   # a new window
             return self._prefill(p + 1 - (self.window - self.stride))
         x = torch.tensor([[int(token)]])
         r = torch.from_numpy(np.asarray(position, np.int64)).view(1, 1, 5)
-        return self.model(x, r, cache=self.cache)[0][0, -1].double().numpy()
+        return self.model(x, r, cache=self.cache, context=self._context(p))[0][0, -1].double().numpy()
 
 
 @contextlib.contextmanager

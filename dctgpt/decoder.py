@@ -3,6 +3,8 @@
     dec = Decoder(model, batch_size=4)
     logits = dec.prefill(ids, positions)          # (B, T) and (B, T, 5) tensors: the prompt
     logits = dec.step(next_ids, next_positions)   # (B,) and (B, 5) numpy arrays -> (B, vocab)
+    # a model with context features (GPTConfig.n_context) takes their rows too: context=(B, T, n)
+    # tensor in prefill, (B, n) numpy array in step
     dec.forget(stream, index)                     # drop a token of one stream (sampling drew again)
     dec.keep(rows)                                # go on with some streams only
 
@@ -56,6 +58,9 @@ class Decoder:
             head = model.lm_head.weight.t()
             self.head = head if head.is_cuda else head.contiguous()
         self.wte, self.ln_f = tr.wte.weight, tr.ln_f
+        # context features: feature f's bucket v is row f * context_buckets + v of one table
+        self.wxe = tr.wxe.weight if c.n_context else None
+        self.offsets = np.arange(c.n_context) * c.context_buckets
         self.rows_cols = (tr.wre.weight, tr.wke.weight) if c.pos_emb == "learned" else None
         if c.pos_emb == "rope2d":
             # angles = (row, col) @ inv: the model's [rows | cols] frequencies, twice (both halves)
@@ -88,14 +93,20 @@ class Decoder:
         return (block.ln_1, *linear(a.c_attn, q_scale), bo, wo, block.ln_2, *linear(m.c_fc), bpr, wpr)
 
     @torch.no_grad()
-    def prefill(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         """Run the prompt (B, T) through the model with a KVCache, keep its keys in the ring, and
         return the logits (B, vocab) for the first new token."""
         W = self.config.block_size
+
+        def run(a: int, b: int) -> torch.Tensor:   # tokens a..b-1 through the cache
+            ctx = None if context is None else context[:, a:b]
+            return self.model(ids[:, a:b], positions[:, a:b], cache=cache, context=ctx)[0][:, -1]
+
         cache = KVCache(self.config, self.B, self.device)
-        logits = self.model(ids[:, :W], positions[:, :W], cache=cache)[0][:, -1]
+        logits = run(0, W)
         for t in range(W, ids.size(1)):  # beyond one window: one at a time keeps the window exact
-            logits = self.model(ids[:, t:t + 1], positions[:, t:t + 1], cache=cache)[0][:, -1]
+            logits = run(t, t + 1)
         n = min(cache.length, W)          # the kept keys, oldest first, go to slots 0..n-1
         for layer in range(self.config.n_layer):
             k = cache.k[layer][:, :, cache.length - n:cache.length]             # (B, nh, n, hs)
@@ -121,16 +132,25 @@ class Decoder:
             self.masked_until = max(self.masked_until, index + W - 1)
 
     @torch.no_grad()
-    def step(self, ids: np.ndarray, positions: np.ndarray) -> torch.Tensor:
-        """ids (B,) and their position rows (B, 5) -> logits (B, vocab) for the token after them."""
+    def step(self, ids: np.ndarray, positions: np.ndarray, context: np.ndarray | None = None) -> torch.Tensor:
+        """ids (B,) and their position rows (B, 5) -> logits (B, vocab) for the token after them;
+        `context` (B, n_context): their context rows, for a model with context features."""
         c, B, C = self.config, self.B, self.C
         # one host -> device copy: token id, small-table row, block row, block column per stream
+        # (then the context features' rows in their table)
         small = (positions[:, FRAME] * c.n_component + positions[:, COMPONENT]) * c.n_frequency \
             + positions[:, FREQUENCY]
         host = np.stack([ids, small, positions[:, BLOCK_ROW], positions[:, BLOCK_COL]], 1)   # (B, 4)
-        x4 = torch.from_numpy(host.astype(np.int64)).to(self.device, non_blocking=True)   # (B, 4)
-        token, table_row, row, col = x4.unbind(1)
+        if self.wxe is not None:
+            if context is None or context.shape != (B, c.n_context):
+                raise ValueError(f"Decoder: n_context={c.n_context} needs context of shape "
+                                 f"{(B, c.n_context)}, got {None if context is None else context.shape}")
+            host = np.concatenate([host, context + self.offsets], 1)                      # (B, 4 + n)
+        x4 = torch.from_numpy(host.astype(np.int64)).to(self.device, non_blocking=True)   # (B, 4 [+ n])
+        token, table_row, row, col = x4[:, :4].unbind(1)
         x = torch.embedding(self.wte, token) + torch.embedding(self.small, table_row)       # (B, C)
+        if self.wxe is not None:   # the sum of each feature's row
+            x = x + torch.embedding(self.wxe, x4[:, 4:]).sum(1)
         if self.rows_cols is not None:  # learned block row / column tables
             x = x + torch.embedding(self.rows_cols[0], row) + torch.embedding(self.rows_cols[1], col)
         else:  # rotary factors for (B, 2 [q, k], nh, hs): x * cos + swapped(x) * sign * sin

@@ -155,6 +155,12 @@ class Tokenizer(abc.ABC):
         beyond the ids (e.g. decoded neighbours). None here: (T, 0)."""
         return np.zeros((len(seq), self.n_context), np.int32)
 
+    def context_cursor(self, prefix: TokenSequence | None = None) -> Any:
+        """`context` one row at a time, past `prefix`, for sampling and the codec: `push(token,
+        position)` returns the token's row (as `context` of any stream starting with the tokens so
+        far gives it), `take_back(n)` forgets the last n, `rows` holds them all, `copy()`."""
+        raise TokenizerError(f"the {self.name!r} tokenizer has no context features")
+
     def to_jpeg(self, media: Any, name: str | None = None) -> bytes | None:
         """The JPEG this input becomes before it is tokenized (its coefficients are the tokens),
         or None when the tokens are not a JPEG's (learned codes)."""

@@ -204,6 +204,35 @@ def parse_header(vocab: Vocab, ids: np.ndarray) -> tuple[int, int, str, np.ndarr
     return height, width, sub, qt, HEADER_LEN + 64 * n
 
 
+def symbols(vocab: Vocab, body: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Body ids -> (symbols (S,), their values (S,), is_symbol (len(body),) bool): the body without
+    its escape bytes; a DC symbol's value is its difference, an AC symbol's its coefficient, any
+    other's 0. TokenizerError if an escape token is not followed by two byte tokens."""
+    body = np.asarray(body, np.int64)
+    # Escapes: in the body, byte tokens only follow escape tokens, two each. Fold each pair into its
+    # escape's payload |value| - range, then drop the bytes: from there on, one entry per symbol.
+    is_byte = (body >= vocab.byte) & (body < vocab.byte + 256)
+    dc_esc = (body >= vocab.dc + 2 * vocab.dc_range + 1) & (body < vocab.ac)
+    ac_slot = (body - vocab.ac) % vocab.ac_stride
+    ac_esc = (body >= vocab.ac) & (body < vocab.zrl) & (ac_slot >= 2 * vocab.ac_range)
+    esc = np.nonzero(dc_esc | ac_esc)[0]               # body index of every escape token
+    if (esc.size and esc[-1] + 2 >= len(body)) or is_byte.sum() != 2 * len(esc) or \
+            (esc.size and not (is_byte[esc + 1].all() and is_byte[esc + 2].all())):
+        raise TokenizerError("escape tokens must each be followed by two byte tokens")
+    payload = np.zeros(len(body), np.int64)
+    payload[esc] = (body[esc + 1] - vocab.byte) * 256 + (body[esc + 2] - vocab.byte) + 1
+    sym, payload = body[~is_byte], payload[~is_byte]
+    # DC: difference d - dc_range, or +-(payload + dc_range) for the escapes
+    d, r = sym - vocab.dc, vocab.dc_range
+    dc = np.where(d <= 2 * r, d - r, np.where(d == 2 * r + 1, 1, -1) * (payload + r))
+    # AC slots 0..a-1: +1..+a; a..2a-1: -1..-a; 2a, 2a+1: escape, +-(payload + a)
+    slot, a = (sym - vocab.ac) % vocab.ac_stride, vocab.ac_range
+    ac = np.where(slot < a, slot + 1, np.where(slot < 2 * a, -(slot - a + 1),
+                  np.where(slot == 2 * a, 1, -1) * (payload + a)))
+    is_dc, is_ac = (sym >= vocab.dc) & (sym < vocab.ac), (sym >= vocab.ac) & (sym < vocab.zrl)
+    return sym, np.where(is_dc, dc, np.where(is_ac, ac, 0)), ~is_byte
+
+
 def decode_coefficients(vocab: Vocab, seq: TokenSequence, order: str, bands: tuple[int, ...]) -> Coefficients:
     """Inverse of encode_coefficients. TokenizerError on a stream that is not well formed."""
     ids = seq.ids.astype(np.int64)
@@ -211,21 +240,7 @@ def decode_coefficients(vocab: Vocab, seq: TokenSequence, order: str, bands: tup
     if ids[-1] != vocab.eos:
         raise TokenizerError("stream does not end with EOS")
     layout = block_layout(height, width, sub, order, bands)
-    # Escapes: in the body, byte tokens only follow escape tokens, two each. Fold each pair into its
-    # escape's payload |value| - range, then drop the bytes: from there on, one entry per symbol.
-    body = ids[hlen:-1]
-    is_byte = (body >= vocab.byte) & (body < vocab.byte + 256)
-    dc_esc = (body >= vocab.dc + 2 * vocab.dc_range + 1) & (body < vocab.ac)
-    ac_slot = (body - vocab.ac) % vocab.ac_stride
-    is_ac = (body >= vocab.ac) & (body < vocab.zrl)
-    ac_esc = is_ac & (ac_slot >= 2 * vocab.ac_range)
-    esc = np.nonzero(dc_esc | ac_esc)[0]               # body index of every escape token
-    if (esc.size and esc[-1] + 2 >= len(body)) or is_byte.sum() != 2 * len(esc) or \
-            (esc.size and not (is_byte[esc + 1].all() and is_byte[esc + 2].all())):
-        raise TokenizerError("escape tokens must each be followed by two byte tokens")
-    payload = np.zeros(len(body), np.int64)
-    payload[esc] = (body[esc + 1] - vocab.byte) * 256 + (body[esc + 2] - vocab.byte) + 1
-    sym, payload = body[~is_byte], payload[~is_byte]   # (S,) symbols and, at escapes, their payload
+    sym, value, _ = symbols(vocab, ids[hlen:-1])       # (S,) symbols and their values
     is_dc = (sym >= vocab.dc) & (sym < vocab.ac)       # classify every symbol
     is_ac = (sym >= vocab.ac) & (sym < vocab.zrl)
     is_zrl, is_eob = sym == vocab.zrl, sym == vocab.eob
@@ -238,12 +253,8 @@ def decode_coefficients(vocab: Vocab, seq: TokenSequence, order: str, bands: tup
     dc_pos = np.nonzero(is_dc)[0]                      # symbol index of each block's DC, in block order
     if len(dc_pos) != n:
         raise TokenizerError(f"stream has {len(dc_pos)} DC tokens; its geometry needs {n}")
-    # DC values: differences (direct, or +-(payload + dc_range) for escapes), summed per component
-    d = sym[dc_pos] - vocab.dc
-    diff = np.where(d <= 2 * vocab.dc_range, d - vocab.dc_range,
-                    np.where(d == 2 * vocab.dc_range + 1, 1, -1) * (payload[dc_pos] + vocab.dc_range))
     x = np.zeros((n, 64), np.int64)
-    x[:, 0] = _undpcm(diff, layout.comp)
+    x[:, 0] = _undpcm(value[dc_pos], layout.comp)      # DC values: differences summed per component
 
     # Unit structure: the symbol where each coded AC unit starts (unit_start), the block it belongs
     # to (unit_block) and the first zigzag index of its band (band_start).
@@ -274,19 +285,19 @@ def decode_coefficients(vocab: Vocab, seq: TokenSequence, order: str, bands: tup
         unit_block, band_start = unit % n, np.array([s for s, _ in bands])[unit // n]
     coded = is_ac | is_zrl
     if coded.any():
-        _scatter_ac(vocab, layout, x, sym, payload, coded, unit_start, unit_block, band_start,
+        _scatter_ac(vocab, layout, x, sym, value, coded, unit_start, unit_block, band_start,
                     None if raster else unit // n)
     if x.size and (x.min() < -32768 or x.max() > 32767):
         raise TokenizerError("a coefficient falls outside int16")
     return Coefficients(height, width, sub, layout.scatter(x.astype(np.int16)), qt)
 
 
-def _scatter_ac(vocab: Vocab, layout: BlockLayout, x: np.ndarray, sym: np.ndarray, payload: np.ndarray,
+def _scatter_ac(vocab: Vocab, layout: BlockLayout, x: np.ndarray, sym: np.ndarray, value: np.ndarray,
                 coded: np.ndarray, unit_start: np.ndarray, unit_block: np.ndarray, band_start: np.ndarray,
                 unit_band: np.ndarray | None) -> None:
     """Place AC values: frequency = running sum of run+1 (AC) or 16 (ZRL) within each unit.
 
-    `x` (n_blocks, 64) receives the values; `sym`, `payload`, `coded` (AC or ZRL) are (S,) per
+    `x` (n_blocks, 64) receives the values; `sym`, `value` (symbols()), `coded` (AC or ZRL) are (S,) per
     symbol; `unit_start`, `unit_block`, `band_start` (and `unit_band` in coarse_to_fine) are per
     coded unit, in stream order."""
     is_ac = coded & (sym != vocab.zrl)
@@ -303,9 +314,5 @@ def _scatter_ac(vocab: Vocab, layout: BlockLayout, x: np.ndarray, sym: np.ndarra
     if (coded & (k >= end)).any():
         raise TokenizerError("AC tokens run past the end of their block or band")
     sel = np.nonzero(is_ac)[0]
-    slot = (sym[sel] - vocab.ac) % vocab.ac_stride
-    a = vocab.ac_range
-    # slots 0..a-1: +1..+a; a..2a-1: -1..-a; 2a, 2a+1: escape, +-(payload + a)
-    value = np.where(slot < a, slot + 1, np.where(slot < 2 * a, -(slot - a + 1),
-                     np.where(slot == 2 * a, 1, -1) * (payload[sel] + a)))
-    x[unit_block[sid[sel]], k[sel]] = value
+    x[unit_block[sid[sel]], k[sel]] = value[sel]
+

@@ -19,31 +19,76 @@ Only raster order: in coarse_to_fine the features would mean something else (Val
 
 from __future__ import annotations
 
+import copy
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 
 from tokenizer.base import FREQUENCY, TokenSequence
-from tokenizer.jpeg.codec import decode_coefficients, parse_header
-from tokenizer.jpeg.format import EOB_FREQ, Vocab, block_layout
+from tokenizer.jpeg.codec import decode_coefficients, parse_header, symbols
+from tokenizer.jpeg.format import EOB_FREQ, HEADER_LEN, BlockLayout, Vocab, block_layout
+from tokenizer.jpeg.io import SUBSAMPLINGS
 
 CONTEXT_FIELDS = ("k", "above_k", "above_k1", "above_k2", "above_k3", "left_k", "left_k1", "left_k2",
                   "left_k3", "nonzeros", "above_nonzeros", "left_nonzeros", "dc_pred", "component")
 N_CONTEXT = len(CONTEXT_FIELDS)
+NONZEROS = CONTEXT_FIELDS.index("nonzeros")
 SIGNED = np.array([f.startswith(("above_k", "left_k", "dc_pred")) for f in CONTEXT_FIELDS])
 N_BUCKETS = 66   # k 0..64 and counts 0..63 direct; signed values 0..32 (see context_buckets)
 
 
-def neighbours(layout) -> tuple[np.ndarray, np.ndarray]:
-    """(above, left): stream index of the block above / to the left in the same component, or -1."""
+@dataclass(frozen=True, eq=False)
+class Geometry:
+    """The blocks of one stream geometry as the features see them, each (n,) in stream block order:
+    the block above and to the left in the same component, and the previous block of that component
+    in stream order (whose DC the stream's difference is taken from); -1 where there is none."""
+
+    layout: BlockLayout
+    above: np.ndarray
+    left: np.ndarray
+    prev: np.ndarray
+
+
+@functools.lru_cache(maxsize=64)
+def geometry(height: int, width: int, subsampling: str, bands: tuple[int, ...] = (1, 64)) -> Geometry:
+    """The cached Geometry of a raster stream of this size and subsampling."""
+    layout = block_layout(height, width, subsampling, "raster", bands)
     n = layout.n_blocks
-    above, left = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    above, left, prev = (np.full(n, -1, np.int64) for _ in range(3))
     for c, (gr, gc) in enumerate(layout.grid):
-        m = np.nonzero(layout.comp == c)[0]
+        m = np.nonzero(layout.comp == c)[0]                # this component's blocks, in stream order
         grid = np.full((gr, gc), -1, np.int64)             # block index at each (brow, bcol)
         grid[layout.brow[m], layout.bcol[m]] = m
         r, col = layout.brow[m], layout.bcol[m]
         above[m] = np.where(r > 0, grid[np.maximum(r - 1, 0), col], -1)
         left[m] = np.where(col > 0, grid[r, np.maximum(col - 1, 0)], -1)
-    return above, left
+        prev[m[1:]] = m[:-1]
+    return Geometry(layout, above, left, prev)
+
+
+def feature_values(g: Geometry, xp: np.ndarray, total: np.ndarray, b: np.ndarray, k: np.ndarray,
+                   nonzeros: np.ndarray) -> np.ndarray:
+    """(L, N_CONTEXT) raw values of L places: the next token codes zigzag index k (0..64) of block b,
+    after `nonzeros` AC nonzeros of b. `xp` (n + 1, 68): decoded blocks in zigzag order, four zero
+    columns and a zero last row (index -1: no block); `total` (n + 1,): their AC nonzeros, 0 last.
+    Only the rows of blocks before each b are read (the neighbours and the previous DC)."""
+    above, left, prev = g.above[b], g.left[b], g.prev[b]   # (L,) each, -1 -> xp's zero row
+    cols = k[:, None] + np.arange(4)                       # (L, 4) zigzag indices k..k+3 (64+: zeros)
+    out = np.empty((len(b), N_CONTEXT), np.int64)
+    out[:, 0] = k
+    out[:, 1:5] = xp[above[:, None], cols]
+    out[:, 5:9] = xp[left[:, None], cols]
+    out[:, 9] = nonzeros
+    out[:, 10], out[:, 11] = total[above], total[left]
+    # DC prediction (k = 0 only): mean DC of the available neighbours (else the stream predictor
+    # itself), minus the stream predictor (the previous DC of the component, 0 for the first)
+    have = (above >= 0).astype(np.int64) + (left >= 0)
+    mean = (xp[above, 0] + xp[left, 0]) // np.maximum(have, 1)
+    pred = xp[prev, 0]
+    out[:, 12] = np.where(k == 0, np.where(have > 0, mean, pred) - pred, 0)
+    out[:, 13] = g.layout.comp[b] + 1
+    return out
 
 
 def context_values(vocab: Vocab, seq: TokenSequence, order: str = "raster",
@@ -53,10 +98,9 @@ def context_values(vocab: Vocab, seq: TokenSequence, order: str = "raster",
         raise ValueError(f"context features need order='raster', got order={order!r}")
     ids = seq.ids.astype(np.int64)
     height, width, sub, _, hlen = parse_header(vocab, ids)
-    layout = block_layout(height, width, sub, order, bands)
-    x = layout.gather(decode_coefficients(vocab, seq, order, bands)).astype(np.int64)  # (n, 64) zigzag
-    n, T = layout.n_blocks, len(ids)
-    above, left = neighbours(layout)
+    g = geometry(height, width, sub, bands)
+    x = g.layout.gather(decode_coefficients(vocab, seq, order, bands)).astype(np.int64)  # (n, 64) zigzag
+    n, T = g.layout.n_blocks, len(ids)
 
     # Per token: the block of the last DC so far (blk) and the zigzag index coded next (kn): after a
     # DC, AC, ZRL or escape byte, its frequency + 1; after an EOB (frequency 64) the next block at 0.
@@ -72,35 +116,130 @@ def context_values(vocab: Vocab, seq: TokenSequence, order: str = "raster",
     live = (np.arange(T) >= hlen - 1) & (bn < n) & (ids != vocab.eos)
     b, k = bn[live], kn[live]
 
-    # Neighbour coefficients k..k+3 (0 past 63 or without a neighbour): x padded by 4 zero columns
-    # and one zero row (index -1 = no neighbour); k may be 64 (before an EOB).
+    # The decoded blocks padded as feature_values reads them; nz[b, k]: AC nonzeros of b below k
     xp = np.zeros((n + 1, 68), np.int64)
     xp[:n, :64] = x
-    cols = k[:, None] + np.arange(4)                     # (L, 4) zigzag indices
-    nz = np.zeros((n + 1, 65), np.int64)                 # nz[b, k]: AC nonzeros of b below index k
-    nz[:n, 2:] = np.cumsum(x[:, 1:] != 0, axis=1)[:, :63]
-    total = np.append((x[:, 1:] != 0).sum(1), 0)         # AC nonzeros of each block; -1 -> 0
-
-    # DC prediction: mean DC of the available neighbours (else the stream predictor itself), minus
-    # the stream predictor (the previous DC of the same component in stream order, 0 for the first).
-    prev = np.zeros(n, np.int64)
-    for c in range(len(layout.grid)):
-        m = np.nonzero(layout.comp == c)[0]
-        prev[m[1:]] = x[m[:-1], 0]
-    dc = xp[:, 0]
-    have = (above >= 0).astype(np.int64) + (left >= 0)
-    mean = (dc[above] * (above >= 0) + dc[left] * (left >= 0)) // np.maximum(have, 1)
-    pred = np.where(have > 0, mean, prev) - prev
-
+    nz = np.zeros((n, 65), np.int64)
+    nz[:, 2:] = np.cumsum(x[:, 1:] != 0, axis=1)[:, :63]
+    total = np.append((x[:, 1:] != 0).sum(1), 0)
     out = np.zeros((T, N_CONTEXT), np.int64)
-    out[live, 0] = k
-    out[live, 1:5] = xp[above[b][:, None], cols]
-    out[live, 5:9] = xp[left[b][:, None], cols]
-    out[live, 9] = nz[b, k]
-    out[live, 10], out[live, 11] = total[above[b]], total[left[b]]
-    out[live, 12] = np.where(k == 0, pred[b], 0)
-    out[live, 13] = layout.comp[b] + 1
+    out[live] = feature_values(g, xp, total, b, k, nz[b, k])
     return out
+
+
+class ContextCursor:
+    """The context rows of a raster stream fed one token at a time: after tokens 0..t, `row` is
+    row t of `context_values` of any stream that starts with them (their features depend on
+    nothing later). Sampling and the codec feed each token's row to the model with the token.
+
+        cur = ContextCursor(tok.vocab)
+        row = cur.push(token, position)   # bucketed (N_CONTEXT,) int32, as Tokenizer.context gives
+        cur.take_back(n)                  # as if the last n pushes had not happened
+
+    Counting is all a block in progress needs (its index, the zigzag index next, its AC tokens so
+    far); its values are decoded at its EOB, into the rows `feature_values` reads of later blocks.
+    Taking back never needs those rows undone: a block's row is read only by later blocks.
+    """
+
+    def __init__(self, vocab: Vocab, order: str = "raster", bands: tuple[int, ...] = (1, 64)):
+        if order != "raster":
+            raise ValueError(f"context features need order='raster', got order={order!r}")
+        self.vocab, self.bands = vocab, bands
+        self.ids: list[int] = []
+        self.freqs: list[int] = []
+        self.rows: list[np.ndarray] = []     # bucketed row of each token pushed
+        # after each token: the block b of the next token, the zigzag index k it codes, b's AC
+        # nonzeros so far and the index of b's DC token
+        self.states: list[tuple[int, int, int, int]] = []
+        self.hlen = 0                        # header length, once known
+        self.g: Geometry | None = None       # once the header is complete
+        self._zero = context_buckets(np.zeros(N_CONTEXT, np.int64))   # rows with nothing to say
+        self._table, self._table_of = self._zero, -1   # block _table_of's rows (see _row)
+
+    @property
+    def row(self) -> np.ndarray:
+        return self.rows[-1]
+
+    def copy(self) -> ContextCursor:
+        """An independent cursor at the same place."""
+        c = copy.copy(self)
+        c.ids, c.freqs, c.rows, c.states = (list(x) for x in (self.ids, self.freqs, self.rows, self.states))
+        if self.g is not None:
+            c.xp, c.total = self.xp.copy(), self.total.copy()
+        return c
+
+    def push(self, token: int, position: np.ndarray) -> np.ndarray:
+        """Feed one token and its position row; returns its (bucketed) context row."""
+        v, t = self.vocab, len(self.ids)
+        self.ids.append(int(token))
+        self.freqs.append(int(position[FREQUENCY]))
+        b, k, nz, start = self.states[-1] if self.states else (-1, 0, 0, 0)
+        if self.g is None:                   # the header: no features until its last token
+            if t + 1 == self._header_length():
+                self._enter_body()
+                b = 0                        # next: block 0's DC
+        elif token == v.eob:                 # block b is complete: decode it; next, block b + 1's DC
+            self._decode_block(b, start, t)
+            b, k, nz = b + 1, 0, 0
+        elif token == v.eos:
+            b = -1
+        else:
+            if v.dc <= token < v.ac:         # a DC opens block b
+                nz, start = 0, t
+            elif v.ac <= token < v.zrl:      # an AC token: one more nonzero
+                nz += 1
+            k = min(self.freqs[-1] + 1, EOB_FREQ)   # (escape bytes repeat their value's frequency)
+        self.states.append((b, k, nz, start))
+        self.rows.append(self._row(b, k, nz))
+        return self.rows[-1]
+
+    def _row(self, b: int, k: int, nz: int) -> np.ndarray:
+        """The bucketed row of the next token: block b, zigzag index k, after nz nonzeros. Within a
+        block only k and nz change, so the block's rows for every k (nz = 0) are computed once."""
+        if self.g is None or not 0 <= b < self.g.layout.n_blocks:
+            return self._zero
+        if self._table_of != b:
+            rows = feature_values(self.g, self.xp, self.total, np.full(EOB_FREQ + 1, b),
+                                  np.arange(EOB_FREQ + 1), np.zeros(EOB_FREQ + 1, np.int64))
+            self._table, self._table_of = context_buckets(rows), b
+        row = self._table[k].copy()
+        row[NONZEROS] = min(nz, EOB_FREQ)    # (counts are their own bucket up to 64: context_buckets)
+        return row
+
+    def take_back(self, n: int) -> None:
+        """Forget the last n tokens pushed."""
+        if n:
+            del self.ids[-n:], self.freqs[-n:], self.rows[-n:], self.states[-n:]
+        if len(self.ids) < self.hlen:
+            self.g, self.hlen = None, 0
+        self._table_of = -1
+
+    def _header_length(self) -> int:
+        """The header's length, once its first HEADER_LEN tokens tell it (else 0)."""
+        ids, v = self.ids, self.vocab
+        if len(ids) < HEADER_LEN:
+            return 0
+        if ids[HEADER_LEN - 1] != v.qt_custom:
+            return HEADER_LEN
+        return HEADER_LEN + 64 * (1 if list(SUBSAMPLINGS)[ids[1] - v.sub] == "gray" else 3)
+
+    def _enter_body(self) -> None:
+        height, width, sub, _, self.hlen = parse_header(self.vocab, np.array(self.ids + [self.vocab.eos]))
+        self.g = geometry(height, width, sub, self.bands)
+        n = self.g.layout.n_blocks
+        self.xp = np.zeros((n + 1, 68), np.int64)   # as feature_values reads them
+        self.total = np.zeros(n + 1, np.int64)
+
+    def _decode_block(self, b: int, start: int, end: int) -> None:
+        """Block b's coefficients from its tokens start..end-1 (DC first) into xp and total."""
+        sym, value, kept = symbols(self.vocab, np.array(self.ids[start:end]))
+        freq = np.array(self.freqs[start:end])[kept]
+        ac = (sym >= self.vocab.ac) & (sym < self.vocab.zrl)
+        self.xp[b, :64] = 0
+        self.xp[b, 0] = self.xp[self.g.prev[b], 0] + value[0]   # the DC difference from the predictor
+        self.xp[b, freq[ac]] = value[ac]
+        self.total[b] = ac.sum()
+        self._table_of = -1                  # a table computed before may have read the old row b
 
 
 def context_buckets(values: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from tokenizer.base import Tokenizer, TokenizerError, TokenSequence, advance
 from tokenizer.jpeg import compiled
 from tokenizer.jpeg.codec import decode_coefficients, encode_batch, encode_coefficients
-from tokenizer.jpeg.context import N_BUCKETS, N_CONTEXT, context_buckets, context_values
+from tokenizer.jpeg.context import N_BUCKETS, N_CONTEXT, ContextCursor, context_buckets, context_values
 from tokenizer.jpeg.format import ORDERS, Vocab, header_ids, header_positions
 from tokenizer.jpeg.grammar import JpegGrammar
 from tokenizer.jpeg.io import (
@@ -181,6 +181,13 @@ class JpegDctTokenizer(Tokenizer):
     def context(self, seq: TokenSequence) -> np.ndarray:
         """Lepton-style context features of a whole raster stream (tokenizer.jpeg.context), bucketed."""
         return context_buckets(context_values(self.vocab, seq, self.config.order, self.config.bands))
+
+    def context_cursor(self, prefix: TokenSequence | None = None) -> ContextCursor:
+        """`context` one row at a time (tokenizer.jpeg.context.ContextCursor), past `prefix`."""
+        cursor = ContextCursor(self.vocab, self.config.order, self.config.bands)
+        for t, p in zip(prefix.ids, prefix.positions) if prefix is not None else ():
+            cursor.push(int(t), p)
+        return cursor
 
     def decode(self, seq: TokenSequence) -> bytes:
         """Token stream in, the bytes of a baseline JPEG file out."""
