@@ -16,6 +16,9 @@ a fresh one, or the checkpoint's with --ckpt):
    A fresh model samples near-uniform noise, whose blocks a bounded grammar keeps drawing again,
    so without --ckpt the grammar is unbounded; with --ckpt it is bounded, as sample.py runs it.
 3. With CUDA: `generate` on the GPU recipe's model (configs/gpu_256.json: 12 layers, 768 wide).
+4. Context features (GPTConfig.context): the tokenizer's ContextCursor alone, per token over a real
+   256x256 photo's stream (embedded corpus), next to the Decoder step of part 1; and `generate` of
+   a fresh model of the same shape with context features against one without (one stream, a batch).
 
 Each figure is printed as wall-clock tokens/s and as tokens per CPU-second of this process (on a
 shared machine the second is the steadier; on a quiet one they agree).
@@ -156,6 +159,34 @@ def main() -> None:
             print(f"   {b:2d} stream(s) {rate(n, s)}")
     else:
         print("3. GPU recipe model: no CUDA here, not measured")
+    context_cost(model, a.tokens, a.batch, fast[1] / a.tokens)
+
+
+def context_cost(model: GPT, n_tokens: int, batch: int, step_cpu: float) -> None:
+    """Part 4: the context cursor per token, and generate with and without context features."""
+    from dataclasses import replace
+
+    from tokenizer.corpus.embedded import crops
+
+    tok = JpegDctTokenizer(JpegDctConfig(size=(256, 256)))
+    seq = tok.encode(next(crops("val", 1, (256, 256))).pixels)
+    clock = Clock()
+    cursor = tok.context_cursor(seq)      # every token pushed, one at a time
+    cpu = clock.stop()[1] / len(seq)
+    assert np.array_equal(np.stack(cursor.rows), tok.context(seq))
+    print(f"4. context features: ContextCursor.push {cpu * 1e6:.0f} us per token (CPU) over a 256x256 photo "
+          f"({len(seq)} tokens), {cpu / step_cpu:.2f}x the Decoder step of part 1")
+    cfg = model.config
+    pair = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        m = GPT(replace(cfg, vocab_size=tok.vocab_size, context=on, n_context=tok.n_context * on,
+                        context_buckets=tok.context_buckets * on))
+        pair[on] = [sample_rate(m.eval(), tok, n_tokens, b, False) for b in (1, batch)]
+    for i, b in enumerate((1, batch)):
+        (n0, _, s0), (n1, _, s1) = pair[False][i], pair[True][i]
+        print(f"   generate, {b:2d} stream(s): without {rate(n0, s0)}, with {rate(n1, s1)}: "
+              f"{(n0 / s0[1]) / (n1 / s1[1]):.2f}x the CPU time per token")
 
 
 if __name__ == "__main__":

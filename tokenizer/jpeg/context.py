@@ -6,13 +6,19 @@
     >>> seq = tok.encode(next(crops("val", 1, (64, 64))).pixels)
     >>> context_values(tok.vocab, seq).shape == (len(seq), N_CONTEXT)
     True
+    >>> cur = ContextCursor(tok.vocab)           # the same rows, one token at a time
+    >>> rows = [cur.push(t, p) for t, p in zip(seq.ids, seq.positions)]
+    >>> bool((np.stack(rows) == context_buckets(context_values(tok.vocab, seq))).all())
+    True
 
 Row t describes the prediction of token t + 1: the block b the next token belongs to, the zigzag
 index k it will code next, and what is already decoded around it, as in Lepton's model: the
 quantized coefficients k..k+3 of the blocks above and to the left (same component), the nonzeros
 coded so far in b, the AC nonzero counts of those two neighbours, the DC difference the neighbours
 predict (mean of their DCs minus the DC the stream's difference is taken from) and b's component.
-Rows of header tokens before the last, of the final EOB and of EOS are all 0.
+Rows of header tokens before the last, of the final EOB and of EOS are all 0. Row t depends on
+tokens 0..t only, so `ContextCursor` gives it as soon as token t is known (sampling, the codec);
+both paths compute the features with `feature_values`.
 `context_buckets` maps the values to small ints for the model's embedding tables.
 Only raster order: in coarse_to_fine the features would mean something else (ValueError).
 """
