@@ -112,6 +112,21 @@ def test_take_back_and_copy_give_the_rows_of_the_stream_kept():
             snapshot.push(int(other.ids[t]), other.positions[t])      # the copy is independent
         rows.append(cur.push(int(seq.ids[t]), seq.positions[t]))
     np.testing.assert_array_equal(np.stack(rows), whole[2:])
+    # right before block 0's EOB: one more AC and the EOB (block 1's rows read it), both taken back
+    t = int(np.flatnonzero(seq.ids == tok.vocab.eob)[0])
+    cur.take_back(len(seq) - t)
+    g = tok.grammar(seq[:t])
+    for token in (tok.vocab.ac, tok.vocab.eob, seq.ids[t + 1]):    # AC(0, +1), EOB, block 1's DC
+        cur.push(int(token), g.push(int(token)))
+    cur.take_back(3)
+    other = cur.copy()                                         # a copy ends block 0 otherwise,
+    cur.push(int(seq.ids[t]), seq.positions[t])               # after cur ended it: cur keeps its own
+    g = tok.grammar(seq[:t])
+    for token in (tok.vocab.ac, tok.vocab.eob):
+        other.push(int(token), g.push(int(token)))
+    for u in range(t + 1, len(seq)):
+        cur.push(int(seq.ids[u]), seq.positions[u])
+    np.testing.assert_array_equal(np.stack(cur.rows), whole)
     cur.take_back(len(seq) - 2)                                # back into the header, and on again
     for t in range(2, len(seq)):
         cur.push(int(seq.ids[t]), seq.positions[t])

@@ -218,7 +218,6 @@ class ContextCursor:
             del self.ids[-n:], self.freqs[-n:], self.rows[-n:], self.states[-n:]
         if len(self.ids) < self.hlen:
             self.g, self.hlen = None, 0
-        self._table_of = -1
 
     def _header_length(self) -> int:
         """The header's length, once its first HEADER_LEN tokens tell it (else 0)."""
