@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+import sample
 from dctgpt import checkpoint, codec, evaluate
 from dctgpt import generate as generate_module
 from dctgpt.decoder import Decoder
@@ -167,8 +168,9 @@ def test_decoder_with_context_equals_the_model_with_a_kv_cache():
 
 
 def test_generate_with_context_logits_equal_a_full_forward_over_the_finished_stream(monkeypatch):
-    """Every step's logits (recorded where they are sampled) equal one forward pass over the
-    finished stream with tok.context of it; with and without the cache the draws agree."""
+    """Every step's logits (recorded where they are sampled) after a photo's first half equal one
+    forward pass over the finished stream with tok.context of it; with and without the cache the
+    draws agree."""
     tok = tok_for((16, 24), "4:2:0", 50)
     model = context_model(tok)
     seen = []
@@ -179,7 +181,8 @@ def test_generate_with_context_logits_equal_a_full_forward_over_the_finished_str
         return sample_next(logits, allowed, cfg, gen)
 
     monkeypatch.setattr(generate_module, "sample_next", record)
-    prompt = tok.header(16, 24)
+    photo = tok.encode(next(crops("val", 1, (16, 24))).pixels)
+    prompt = photo[:len(photo) // 2]                         # the header and a few blocks of a photo
     cfg = SamplingConfig(seed=3, bounded=False)
     fast = generate(model, tok, prompt, 2, cfg)
     steps = len(seen)
@@ -256,6 +259,14 @@ def test_codec_with_context_round_trips_and_codes_evaluates_nll(ctx_ckpt, tmp_pa
     ref = evaluate.sequence_nll(pred.model, seq, context=tok.context(seq))
     assert np.abs(nll - ref[6:]).max() < 1e-4
     assert 8 * packed.payload < 1.01 * ref.sum() / np.log(2)
+
+
+def test_sample_py_completes_a_photo_with_a_context_model(ctx_ckpt, tmp_path):
+    (photo,) = export(tmp_path, "val", 1, (32, 32), quality=25)
+    paths = sample.main(sample.SampleConfig(out_dir=str(ctx_ckpt), samples_dir=str(tmp_path / "s"),
+                                            num_samples=2, prefix_image=str(photo), prefix_rows=2))
+    for p in paths:
+        assert read_coefficients(p.read_bytes()).blocks[0].shape[:2] == (4, 4)
 
 
 def test_evaluate_as_is_with_a_context_model(ctx_ckpt, tmp_path):
