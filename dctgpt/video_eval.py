@@ -270,9 +270,15 @@ def write_outputs(out: Path, report: dict, results: list[ClipResult], rows: list
 
 def markdown(report: dict, results: list[ClipResult], rows: list[StepRow]) -> str:
     s = report["summary"]
-    lines = [f"checkpoint {report['checkpoint']} (iteration {report['iter_num']}); {report['decoding']}", "",
+    t = report["tokenizer"]
+    kind = "delta frames" if t["mode"] != "intra" else "later frames"
+    lines = [f"checkpoint {report['checkpoint']} (iteration {report['iter_num']}); mode {t['mode']}, order "
+             f"{t['order']} / {t['delta_order']}, quality {t['quality']}; prediction: {report['decoding']}, "
+             f"{report['config']['frames']} frames after {report['config']['prefix']} true ones", "",
+             f"Model bits per frame; in brackets the frame's own JPEG scan (coded alone). Later frames "
+             f"in mode {t['mode']} are {kind} (keyframes aside).", "",
              "| clip | frames | tokens | bits/frame | first frame bits (JPEG scan) "
-             "| later frames bits (JPEG scan) |", "|---|---:|---:|---:|---:|---:|"]
+             f"| {kind} bits (JPEG scan) |", "|---|---:|---:|---:|---:|---:|"]
     for r in results:
         later = f"{np.mean(r.frame_bits[1:]):.0f} ({np.mean(r.scan_bits[1:]):.0f})" if r.frames > 1 else "-"
         lines.append(f"| {r.name} | {r.frames} | {r.tokens} | {r.bits / r.frames:.0f} | "
