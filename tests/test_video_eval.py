@@ -140,4 +140,5 @@ def test_cli_errors_are_one_line(setup, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         video_eval.cli(["--help"])
     out = capsys.readouterr().out
-    assert e.value.code == 0 and all(f"--{k}" in out for k in ("ckpt", "clips", "prefix", "frames", "samples"))
+    keys = ("ckpt", "clips", "prefix", "frames", "samples")
+    assert e.value.code == 0 and all(f"--{k}" in out for k in keys)
