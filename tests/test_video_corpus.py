@@ -153,11 +153,13 @@ def test_hugging_face_video_column(videos, tmp_path, layout):
     if not hasattr(datasets, "Video"):
         pytest.skip("this datasets has no Video feature")
     names = ["a.avi", "c.mp4", "sub/b.avi", "broken.mp4"]
+    movies = [{"bytes": (videos / n).read_bytes(), "path": None} for n in names]
     ds = datasets.Dataset.from_dict(
-        {"label": list(range(4)), "movie": [{"bytes": (videos / n).read_bytes(), "path": None} for n in names]},
+        {"label": list(range(4)), "movie": movies},
         features=datasets.Features({"label": datasets.Value("int64"), "movie": datasets.Video()}))
     if layout == "save_to_disk":
-        datasets.DatasetDict({"train": ds.select([0, 1, 3]), "test": ds.select([2])}).save_to_disk(tmp_path / "ds")
+        splits = {"train": ds.select([0, 1, 3]), "test": ds.select([2])}
+        datasets.DatasetDict(splits).save_to_disk(tmp_path / "ds")
     else:
         (tmp_path / "ds").mkdir()
         ds.to_parquet(tmp_path / "ds" / "data.parquet")
@@ -173,4 +175,23 @@ def test_hugging_face_video_column(videos, tmp_path, layout):
     else:
         assert [tok.decode_frames(train[i]) for i in range(len(train))] == expected
     [skipped] = [s for d in m["splits"].values() for s in d["skipped"]]
-    assert skipped[0].endswith("[2]" if layout == "save_to_disk" else "[3]") and "TokenizerError" in skipped[1]
+    assert skipped[0].endswith("[2]" if layout == "save_to_disk" else "[3]")    # the broken row, named
+    assert "TokenizerError" in skipped[1]
+
+
+def test_pans_through_prepare_equal_the_clips_command(tmp_path):
+    from tokenizer.corpus import clips
+
+    common = ["--quality", "50", "--size", "16", "24", "--seed", "2"]
+    clips.cli(["--out", str(tmp_path / "clips"), "--mode", "motion", "--frames", "3", "--pans", "4", *common])
+    m = cli(["--source", "pans", "--out", str(tmp_path / "prep"), "--video_mode", "motion",
+             "--clip_frames", "3", "--train_crops", "4", "--val_crops", "1", "--shard_size", "3",
+             "--workers", "2", *common])
+    assert m["splits"]["train"]["sequences"] == 4 and m["splits"]["val"]["sequences"] == 1
+    a, b = Corpus(tmp_path / "clips"), Corpus(tmp_path / "prep")
+    assert a.tokenizer().config == b.tokenizer().config
+    for split in ("train", "val"):
+        assert [a.split(split)[i] for i in range(len(a.split(split)))] == \
+            [b.split(split)[i] for i in range(len(b.split(split)))]
+    with pytest.raises(SystemExit):            # pans are clips: they need a video tokenizer
+        cli(["--source", "pans", "--out", str(tmp_path / "x")])

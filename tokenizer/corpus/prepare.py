@@ -13,6 +13,7 @@
     # the index, if no part could write it: the same command with --merge
 
 Sources (tokenizer.corpus.sources): "embedded" (photos in the scikit-image / scikit-learn wheels),
+"pans" (camera pans over them, tokenizer.corpus.clips; with a video tokenizer),
 a folder of images, a Hugging Face dataset saved locally (save_to_disk output, parquet or arrow
 files), "hf:NAME" for anything `datasets.load_dataset` takes, or "hf:FOLDER" for an imagefolder;
 `--streaming` reads a Hugging Face source as a stream, so its images never sit on local disk.
@@ -77,7 +78,7 @@ def plan_jobs(src: Source, train_crops: int, val_crops: int, val_fraction: float
     """
     if shard_size < 1:
         raise ValueError(f"shard_size={shard_size}: expected >= 1")
-    per_job = max(1, shard_size // src.clips_per_file) if src.clip_frames and src.clips_per_file else shard_size
+    per_job = max(1, shard_size // src.clips_per_file) if src.clips_per_file else shard_size
     jobs: list[dict] = []
     if src.streaming:
         for split, name, shard in plan_streams(src):
@@ -296,15 +297,15 @@ def summary(manifest: dict) -> str:
 class PrepareConfig:
     """Tokenize a corpus: the source, the tokenizer, the split, and this process's part of the work."""
 
-    source: str                   # "embedded", a folder of images (videos), a saved dataset, or hf:NAME / hf:FOLDER
+    source: str                   # "embedded", "pans", a folder of images or videos, a saved dataset, hf:NAME
     out: str = ""                 # corpus directory to write (or resume); in a training recipe: data_dir
     tokenizer: str = ""           # a saved tokenizer directory; then quality, subsampling, order are unused
     quality: int = 25             # JPEG quality the images are encoded at
     size: tuple[int, int] = (64, 64)  # (height, width) images are fitted to; the embedded crops' size
     subsampling: str = "4:2:0"    # chroma subsampling: "4:4:4", "4:2:2", "4:2:0" or "gray"
     order: str = "raster"         # block order: "raster" or "coarse_to_fine"
-    train_crops: int = 8000       # embedded source: train crops
-    val_crops: int = 512          # embedded source: val crops
+    train_crops: int = 8000       # embedded source: train crops (pans: train pans)
+    val_crops: int = 512          # embedded source: val crops (pans: val pans)
     val_fraction: float = 0.05    # other sources: share of images hashed into val (at least one of 2+)
     image_column: str = ""        # datasets: the image (video) column ("" = found from the features)
     streaming: bool = False       # datasets: read as a stream (streaming=True), one job per input shard
@@ -314,7 +315,7 @@ class PrepareConfig:
     clip_stride: int = 0          # video: frames from one clip's start to the next (0 = clip_frames)
     clips_per_file: int = 0       # video: clips from each video, from its start (0 = all)
     workers: int = 0              # tokenizing processes; 0 = one per CPU core (shared by local parts)
-    seed: int = 0                 # embedded source: which crops
+    seed: int = 0                 # embedded source: which crops (pans: which pans)
     part: int = 0                 # this process's part of the work, 0..parts-1
     parts: int = 0                # processes sharing the work; 0 = torchrun's or a SLURM array's, else 1
     merge: bool = False           # only write corpus.json over the finished parts (same command + --merge)
@@ -323,7 +324,7 @@ class PrepareConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction}: expected 0 <= val_fraction < 1")
         if self.video_mode not in ("", *MODES):
-            raise ValueError(f"video_mode={self.video_mode!r}: expected one of {MODES} (or \"\" for images)")
+            raise ValueError(f"video_mode={self.video_mode!r}: expected one of {MODES} or '' (images)")
         for name in ("train_crops", "val_crops", "workers", "seed", "part", "parts", "clip_frames",
                      "clip_stride", "clips_per_file"):
             if getattr(self, name) < 0:
@@ -341,16 +342,20 @@ def source_of(cfg: PrepareConfig, size: tuple[int, int], tokenizer: Tokenizer | 
     max_frames = getattr(getattr(tokenizer, "config", None), "max_frames", 0)
     if cfg.source == "embedded":
         return Source("embedded", crop_size=tuple(size), seed=cfg.seed)
-    clips = {"clip_frames": cfg.clip_frames or max_frames, "clip_stride": cfg.clip_stride,
-             "clips_per_file": cfg.clips_per_file, "frame_step": tokenizer.config.frame_step} if max_frames else {}
     if cfg.clip_frames and not max_frames:
-        raise ValueError(f"clip_frames={cfg.clip_frames}: needs a video tokenizer (--video_mode or a saved one)")
+        raise ValueError(f"clip_frames={cfg.clip_frames}: needs a video tokenizer "
+                         "(--video_mode or a saved one)")
+    clips = {"clip_frames": cfg.clip_frames or max_frames, "clip_stride": cfg.clip_stride,
+             "clips_per_file": cfg.clips_per_file, "frame_step": tokenizer.config.frame_step
+             } if max_frames else {}
+    if cfg.source == "pans":
+        return Source("pans", crop_size=tuple(size), seed=cfg.seed, **clips)
     if cfg.source.startswith("hf:"):
         return Source("hf", cfg.source, column, streaming=cfg.streaming, **clips)
     p = Path(cfg.source)
     if not p.is_dir():
-        raise FileNotFoundError(f"source={cfg.source!r}: no such folder (expected \"embedded\", a folder "
-                                "of images, a saved dataset or hf:NAME)")
+        raise FileNotFoundError(f"source={cfg.source!r}: no such folder (expected \"embedded\", \"pans\", a "
+                                "folder of images or videos, a saved dataset or hf:NAME)")
     is_hf = any((p / f).is_file() for f in ("dataset_dict.json", "state.json")) or \
         any(p.rglob("*.parquet")) or any(p.rglob("*.arrow"))
     return Source("hf" if is_hf else "folder", str(p), column, streaming=cfg.streaming, **clips)

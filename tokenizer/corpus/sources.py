@@ -1,4 +1,5 @@
-"""Where corpus images and clips come from: the embedded photos, a folder, or a Hugging Face dataset.
+"""Where corpus images and clips come from: the embedded photos (or camera pans over them), a folder,
+or a Hugging Face dataset.
 
     src = Source("hf", "data/my_parquet_files", streaming=True)
     for split, hf_split, shard in plan_streams(src): ...       # what tokenizer.corpus.prepare runs
@@ -10,7 +11,9 @@ a validation split of its own, a source's val images are chosen by a stable hash
 
 A video source (`clip_frames` > 0) has video files or a video column as items (a folder's video
 files; a dataset's `datasets.Video` column, read undecoded, or a column of video bytes or paths);
-`Source.clips` cuts one item into clips of `clip_frames` frames as its frames are read.
+`Source.clips` cuts one item into clips of `clip_frames` frames as its frames are read. "pans" are
+the camera pans of tokenizer.corpus.clips, planned like embedded crops (pan i of a split is a function
+of (seed, split, i)).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ STREAM_ROWS = 1000   # rows per input shard when a dataset saved with save_to_di
 class Source:
     """Where images come from; picklable so each worker process can reopen it."""
 
-    kind: str                    # "embedded" | "folder" | "hf"
+    kind: str                    # "embedded" | "folder" | "hf" | "pans"
     path: str = ""
     image_column: str | None = None
     crop_size: tuple[int, int] = (64, 64)
@@ -45,8 +48,8 @@ class Source:
     frame_step: int = 1          # a clip takes every frame_step-th frame (the video tokenizer's)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("embedded", "folder", "hf"):
-            raise ValueError(f"Source kind={self.kind!r}: expected 'embedded', 'folder' or 'hf'")
+        if self.kind not in ("embedded", "folder", "hf", "pans"):
+            raise ValueError(f"Source kind={self.kind!r}: expected 'embedded', 'folder', 'hf' or 'pans'")
         if self.streaming and self.kind != "hf":
             raise ValueError(f"streaming=True reads Hugging Face datasets; {self.kind!r} is not one")
         for name in ("clip_frames", "clip_stride", "clips_per_file"):
@@ -56,7 +59,10 @@ class Source:
             raise ValueError(f"frame_step={self.frame_step}: expected >= 1")
         if self.clip_frames and self.kind == "embedded":
             raise ValueError("clip_frames: the embedded source holds photos, not videos "
-                             "(camera pans over them: python -m tokenizer.corpus.clips)")
+                             "(camera pans over them: source pans)")
+        if self.kind == "pans" and not self.clip_frames:
+            raise ValueError("source pans: makes clips, with a video tokenizer (--video_mode) "
+                             "and clip_frames")
         object.__setattr__(self, "crop_size", tuple(self.crop_size))
 
     def clips(self, media: Any, name: str) -> list[list]:
@@ -68,7 +74,8 @@ class Source:
 
         length = (self.clip_frames - 1) * self.frame_step + 1
         stride = (self.clip_stride or self.clip_frames) * self.frame_step
-        clips = list(clip_windows(iter_video(media, name), length, stride, self.clips_per_file))
+        frames = iter(media) if isinstance(media, list) else iter_video(media, name)
+        clips = list(clip_windows(frames, length, stride, self.clips_per_file))
         if not clips:
             step = f" at frame_step={self.frame_step}" if self.frame_step > 1 else ""
             raise TokenizerError(f"{name}: shorter than one clip of {self.clip_frames} frames{step}")
@@ -77,7 +84,7 @@ class Source:
 
 def plan_items(src: Source, train_crops: int, val_crops: int, val_fraction: float) -> dict[str, list]:
     """Per split, the list of item references (crop index, file path or row key), deterministic."""
-    if src.kind == "embedded":
+    if src.kind in ("embedded", "pans"):
         return {"train": list(range(train_crops)), "val": list(range(val_crops))}
     if src.kind == "folder":
         root = Path(src.path)
@@ -215,6 +222,10 @@ class Reader:
             from tokenizer.corpus.embedded import crops
             crop = next(crops(split, ref + 1, src.crop_size, src.seed, start=ref))
             return crop.name, crop.pixels
+        if src.kind == "pans":
+            from tokenizer.corpus.clips import pan
+            length = (src.clip_frames - 1) * src.frame_step + 1
+            return f"pan-{split}-{ref}", pan(split, ref, length, src.crop_size, src.seed)
         if src.kind == "folder":
             return str(Path(src.path) / ref), Path(src.path) / ref
         name, row = ref
