@@ -80,7 +80,7 @@ def test_clip_windows_cut_frames_by_length_stride_and_limit(videos):
     assert list(clip_windows(range(2), 3, 3)) == []
     # with frame_step 2, a clip of 2 frames spans 3 and a stride of 3 clip frames is 6 file frames
     src = Source("folder", str(videos), clip_frames=2, clip_stride=3, frame_step=2)
-    assert src.clips(videos / "a.avi", "a.avi") == [read_video(videos / "a.avi", 3)]
+    assert list(src.clips(videos / "a.avi", "a.avi")) == [read_video(videos / "a.avi", 3)]
     with pytest.raises(ValueError, match="clip_frames"):
         Source("embedded", clip_frames=3)
 

@@ -65,21 +65,22 @@ class Source:
                              "and clip_frames")
         object.__setattr__(self, "crop_size", tuple(self.crop_size))
 
-    def clips(self, media: Any, name: str) -> list[list]:
-        """The clips of one video (path or bytes; frames as iter_video reads them): windows of
-        (clip_frames - 1) * frame_step + 1 frames, which a video tokenizer steps to clip_frames.
-        TokenizerError if the video is shorter than one clip."""
+    def clips(self, media: Any, name: str) -> Iterator[list]:
+        """The clips of one video (path or bytes, or a list of frames), as its frames are read:
+        windows of (clip_frames - 1) * frame_step + 1 frames, which a video tokenizer steps to
+        clip_frames. TokenizerError (after the last clip) if the video holds no whole clip."""
         from tokenizer.base import TokenizerError
         from tokenizer.video.io import clip_windows, iter_video
 
         length = (self.clip_frames - 1) * self.frame_step + 1
         stride = (self.clip_stride or self.clip_frames) * self.frame_step
         frames = iter(media) if isinstance(media, list) else iter_video(media, name)
-        clips = list(clip_windows(frames, length, stride, self.clips_per_file))
-        if not clips:
+        n = 0
+        for n, clip in enumerate(clip_windows(frames, length, stride, self.clips_per_file), 1):
+            yield clip
+        if not n:
             step = f" at frame_step={self.frame_step}" if self.frame_step > 1 else ""
             raise TokenizerError(f"{name}: shorter than one clip of {self.clip_frames} frames{step}")
-        return clips
 
 
 def plan_items(src: Source, train_crops: int, val_crops: int, val_fraction: float) -> dict[str, list]:
