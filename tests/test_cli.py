@@ -107,8 +107,8 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
         (prepare.cli, ["--source", str(tmp_path / "empty"), "--out", str(tmp_path / "c"), "--workers=1"],
          f"error: {tmp_path / 'empty'}: no image files ({', '.join(sorted(prepare.IMAGE_EXTS))})"),
         (prepare.cli, ["--source", str(tmp_path / "none"), "--out", str(tmp_path / "c")],
-         f"error: source='{tmp_path / 'none'}': no such folder (expected \"embedded\", a folder of images, "
-         "a saved dataset or hf:NAME)"),
+         f"error: source='{tmp_path / 'none'}': no such folder (expected \"embedded\", \"pans\", a "
+         "folder of images or videos, a saved dataset or hf:NAME)"),
         (prepare.cli, ["--source=embedded"],
          "error: out: expected the corpus directory to write, e.g. --out=data/mine"),
         (embedded.cli, [], "error: missing key --export (folder to write the crops (or photos) to)"),

@@ -4,18 +4,27 @@
     python -m tokenizer.corpus.prepare --source photos/ --out data/photos \
         --tokenizer data/embedded64/tokenizer
     python -m tokenizer.corpus.prepare --source hf:some/dataset --out data/hf --streaming
+    # videos (a folder of files, or a dataset's video column): clips of 16 frames, delta frames
+    python -m tokenizer.corpus.prepare --source videos/ --out data/clips --video_mode delta \
+        --quality 50 --clip_frames 16 --clips_per_file 8
     # the same command as N parts on N machines, one corpus (or torchrun ranks, a SLURM job array):
     python -m tokenizer.corpus.prepare --source /shared/parquet --streaming --out /shared/corpus \
         --part 3 --parts 16
     # the index, if no part could write it: the same command with --merge
 
 Sources (tokenizer.corpus.sources): "embedded" (photos in the scikit-image / scikit-learn wheels),
+"pans" (camera pans over them, tokenizer.corpus.clips; with a video tokenizer),
 a folder of images, a Hugging Face dataset saved locally (save_to_disk output, parquet or arrow
 files), "hf:NAME" for anything `datasets.load_dataset` takes, or "hf:FOLDER" for an imagefolder;
 `--streaming` reads a Hugging Face source as a stream, so its images never sit on local disk.
+With a video tokenizer (`--video_mode`, or a saved one through `--tokenizer`) the items are videos
+(files, or a dataset's video column): each is cut into clips of `clip_frames` frames as it is read
+(`Source.clips`), MJPEG packets kept as the JPEGs they are, and every clip is one sequence; a video
+that cannot be read whole is skipped and named like a bad image, all its clips with it.
 
 The work is cut into jobs planned the same way by every part: `shard_size` items of a map-style
-source, or one input shard of a streaming dataset. Part i of N runs the jobs j with j % N == i in
+source (video sources: shard_size // clips_per_file videos, when that is set), or one input shard
+of a streaming dataset. Part i of N runs the jobs j with j % N == i in
 local worker processes; a job writes its shards whole (temporary name, then rename) and then its
 record, jobs/job-J.json. Parts share nothing but the output directory: whichever part finds every
 record present writes the corpus index (corpus.json); the same command with `--merge` writes it. A
@@ -52,6 +61,7 @@ from tokenizer.corpus.shards import (
     write_shard,
 )
 from tokenizer.corpus.sources import IMAGE_EXTS, Reader, Source, hash_fraction, plan_items, plan_streams
+from tokenizer.video.tokenizer import MODES
 
 __all__ = ["IMAGE_EXTS", "PrepareConfig", "Source", "cli", "main", "merge", "part_from_env", "plan_items",
            "prepare", "source_of", "summary"]
@@ -68,6 +78,7 @@ def plan_jobs(src: Source, train_crops: int, val_crops: int, val_fraction: float
     """
     if shard_size < 1:
         raise ValueError(f"shard_size={shard_size}: expected >= 1")
+    per_job = max(1, shard_size // src.clips_per_file) if src.clips_per_file else shard_size
     jobs: list[dict] = []
     if src.streaming:
         for split, name, shard in plan_streams(src):
@@ -75,8 +86,8 @@ def plan_jobs(src: Source, train_crops: int, val_crops: int, val_fraction: float
                          "val_fraction": val_fraction})
         return jobs
     for split, refs in plan_items(src, train_crops, val_crops, val_fraction).items():
-        for s in range(0, len(refs), shard_size):
-            jobs.append({"index": len(jobs), "split": split, "refs": refs[s:s + shard_size]})
+        for s in range(0, len(refs), per_job):
+            jobs.append({"index": len(jobs), "split": split, "refs": refs[s:s + per_job]})
     return jobs
 
 
@@ -127,7 +138,7 @@ _WORKER: dict = {}
 
 
 def _run_job(job: dict) -> dict:
-    """Tokenize one job's items into its shards, then write its record; returns the record."""
+    """Tokenize one job's items (a video: its clips) into its shards, then write its record."""
     key = (job["out"], json.dumps(job["source"]))
     if _WORKER.get("key") != key:
         _WORKER.update(key=key, tok=load_tokenizer(Path(job["out"]) / "tokenizer"),
@@ -143,19 +154,25 @@ def _run_job(job: dict) -> dict:
         shards[split].append(asdict(write_shard(out / split / name, pending[split], tok.vocab_size)))
         pending[split] = []
 
+    items, src = 0, reader.src
     for split, name, read in _items(job, reader):
+        items += 1
         try:
             name, media = read()
-            pending[split].append(tok.encode(media, name).ids.astype(dtype))
+            clips = src.clips(media, name) if src.clip_frames else [media]
+            seqs = [tok.encode(clip, f"{name}[clip {k}]" if src.clip_frames else name).ids.astype(dtype)
+                    for k, clip in enumerate(clips)]
         except Exception as e:    # a bad file is skipped with its reason, never aborts the run
             skipped[split].append([name, f"{type(e).__name__}: {e}".splitlines()[0][:300]])
             continue
-        if len(pending[split]) == job["shard_size"]:
-            flush(split)
+        for ids in seqs:
+            pending[split].append(ids)
+            if len(pending[split]) == job["shard_size"]:
+                flush(split)
     for split in SPLITS:
         if pending[split]:
             flush(split)
-    record = {"job": job["index"], "shards": shards, "skipped": skipped}
+    record = {"job": job["index"], "items": items, "shards": shards, "skipped": skipped}
     write_json_atomic(_record(out, job["index"]), record)
     return record
 
@@ -171,6 +188,7 @@ def prepare(src: Source, out: str | os.PathLike, tokenizer: Tokenizer, train_cro
     """
     if not 0 <= part < parts:
         raise ValueError(f"part={part}, parts={parts}: expected 0 <= part < parts")
+    _check_clips(src, tokenizer)
     out = Path(out)
     for d in ("jobs", *SPLITS):
         (out / d).mkdir(parents=True, exist_ok=True)
@@ -185,15 +203,15 @@ def prepare(src: Source, out: str | os.PathLike, tokenizer: Tokenizer, train_cro
             if j["index"] % parts == part and not _record(out, j["index"]).is_file()]
     workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
     total = None if src.streaming else sum(len(j["refs"]) for j in todo)
-    bar = tqdm(total=total, unit="img", desc=f"tokenize {part + 1}/{parts}", disable=not progress or None)
+    bar = tqdm(total=total, unit="video" if src.clip_frames else "img", desc=f"tokenize {part + 1}/{parts}",
+               disable=not progress or None)
     ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
     with ctx.Pool(workers) if workers > 1 else _Serial() as pool:
         for record in pool.imap_unordered(_run_job, todo):
             for split, items in record["skipped"].items():
                 for name, why in items:
                     log.warning("skipped %s: %s", name, why)
-            bar.update(sum(s["sequences"] for v in record["shards"].values() for s in v)
-                       + sum(len(v) for v in record["skipped"].values()))
+            bar.update(record["items"])
     bar.close()
     missing = [j["index"] for j in jobs if not _record(out, j["index"]).is_file()]
     if missing:
@@ -201,6 +219,19 @@ def prepare(src: Source, out: str | os.PathLike, tokenizer: Tokenizer, train_cro
                  "writes %s", part, parts, len(missing), out / "corpus.json")
         return None
     return merge(out)
+
+
+def _check_clips(src: Source, tokenizer: Tokenizer) -> None:
+    """A video source goes with a video tokenizer that holds its clips, an image source with an image one."""
+    max_frames = getattr(tokenizer.config, "max_frames", 0)
+    if bool(src.clip_frames) != bool(max_frames):
+        raise ValueError(f"clip_frames={src.clip_frames} with the {tokenizer.name!r} tokenizer: clips of "
+                         "videos need a video tokenizer (--video_mode or a saved one), images an image one")
+    if src.clip_frames > max_frames:
+        raise ValueError(f"clip_frames={src.clip_frames}: expected at most the tokenizer's "
+                         f"max_frames={max_frames}")
+    if src.clip_frames and src.frame_step != tokenizer.config.frame_step:
+        raise ValueError(f"frame_step={src.frame_step}: the tokenizer's is {tokenizer.config.frame_step}")
 
 
 class _Serial:
@@ -248,7 +279,8 @@ def part_from_env(env: dict | None = None) -> tuple[int, int]:
 
 
 def summary(manifest: dict) -> str:
-    lines = [f"{'split':6} {'images':>8} {'tokens':>11} {'tok/img':>8} {'skipped':>8}"]
+    what = "clips" if (manifest.get("source") or {}).get("clip_frames") else "images"
+    lines = [f"{'split':6} {what:>8} {'tokens':>11} {'tok/seq':>8} {'skipped':>8}"]
     for name, d in manifest["splits"].items():
         per = d["tokens"] / max(1, d["sequences"])
         lines.append(f"{name:6} {d['sequences']:8d} {d['tokens']:11d} {per:8.1f} {len(d['skipped']):8d}")
@@ -265,21 +297,25 @@ def summary(manifest: dict) -> str:
 class PrepareConfig:
     """Tokenize a corpus: the source, the tokenizer, the split, and this process's part of the work."""
 
-    source: str                   # "embedded", a folder of images, a saved dataset, or hf:NAME / hf:FOLDER
+    source: str                   # "embedded", "pans", a folder of images or videos, a saved dataset, hf:NAME
     out: str = ""                 # corpus directory to write (or resume); in a training recipe: data_dir
     tokenizer: str = ""           # a saved tokenizer directory; then quality, subsampling, order are unused
     quality: int = 25             # JPEG quality the images are encoded at
     size: tuple[int, int] = (64, 64)  # (height, width) images are fitted to; the embedded crops' size
     subsampling: str = "4:2:0"    # chroma subsampling: "4:4:4", "4:2:2", "4:2:0" or "gray"
     order: str = "raster"         # block order: "raster" or "coarse_to_fine"
-    train_crops: int = 8000       # embedded source: train crops
-    val_crops: int = 512          # embedded source: val crops
+    train_crops: int = 8000       # embedded source: train crops (pans: train pans)
+    val_crops: int = 512          # embedded source: val crops (pans: val pans)
     val_fraction: float = 0.05    # other sources: share of images hashed into val (at least one of 2+)
-    image_column: str = ""        # datasets: the image column ("" = found from the features)
+    image_column: str = ""        # datasets: the image (video) column ("" = found from the features)
     streaming: bool = False       # datasets: read as a stream (streaming=True), one job per input shard
-    shard_size: int = 1000        # images per shard file
+    shard_size: int = 1000        # images (clips) per shard file
+    video_mode: str = ""          # "intra", "delta" or "motion": a new video tokenizer; items are videos
+    clip_frames: int = 0          # video: frames per clip (0 = the tokenizer's max_frames; 16 when new)
+    clip_stride: int = 0          # video: frames from one clip's start to the next (0 = clip_frames)
+    clips_per_file: int = 0       # video: clips from each video, from its start (0 = all)
     workers: int = 0              # tokenizing processes; 0 = one per CPU core (shared by local parts)
-    seed: int = 0                 # embedded source: which crops
+    seed: int = 0                 # embedded source: which crops (pans: which pans)
     part: int = 0                 # this process's part of the work, 0..parts-1
     parts: int = 0                # processes sharing the work; 0 = torchrun's or a SLURM array's, else 1
     merge: bool = False           # only write corpus.json over the finished parts (same command + --merge)
@@ -287,7 +323,10 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction}: expected 0 <= val_fraction < 1")
-        for name in ("train_crops", "val_crops", "workers", "seed", "part", "parts"):
+        if self.video_mode not in ("", *MODES):
+            raise ValueError(f"video_mode={self.video_mode!r}: expected one of {MODES} or '' (images)")
+        for name in ("train_crops", "val_crops", "workers", "seed", "part", "parts", "clip_frames",
+                     "clip_stride", "clips_per_file"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 0")
         if self.shard_size < 1:
@@ -296,26 +335,37 @@ class PrepareConfig:
             raise ValueError(f"part={self.part}: expected 0..parts-1 = 0..{self.parts - 1}")
 
 
-def source_of(cfg: PrepareConfig, size: tuple[int, int]) -> Source:
-    """The Source `cfg.source` names; crops of the embedded photos are `size`."""
+def source_of(cfg: PrepareConfig, size: tuple[int, int], tokenizer: Tokenizer | None = None) -> Source:
+    """The Source `cfg.source` names; crops of the embedded photos are `size`; a video tokenizer
+    makes it a source of clips."""
     column = cfg.image_column or None
+    max_frames = getattr(getattr(tokenizer, "config", None), "max_frames", 0)
     if cfg.source == "embedded":
         return Source("embedded", crop_size=tuple(size), seed=cfg.seed)
+    if cfg.clip_frames and not max_frames:
+        raise ValueError(f"clip_frames={cfg.clip_frames}: needs a video tokenizer "
+                         "(--video_mode or a saved one)")
+    clips = {"clip_frames": cfg.clip_frames or max_frames, "clip_stride": cfg.clip_stride,
+             "clips_per_file": cfg.clips_per_file, "frame_step": tokenizer.config.frame_step
+             } if max_frames else {}
+    if cfg.source == "pans":
+        return Source("pans", crop_size=tuple(size), seed=cfg.seed, **clips)
     if cfg.source.startswith("hf:"):
-        return Source("hf", cfg.source, column, streaming=cfg.streaming)
+        return Source("hf", cfg.source, column, streaming=cfg.streaming, **clips)
     p = Path(cfg.source)
     if not p.is_dir():
-        raise FileNotFoundError(f"source={cfg.source!r}: no such folder (expected \"embedded\", a folder "
-                                "of images, a saved dataset or hf:NAME)")
+        raise FileNotFoundError(f"source={cfg.source!r}: no such folder (expected \"embedded\", \"pans\", a "
+                                "folder of images or videos, a saved dataset or hf:NAME)")
     is_hf = any((p / f).is_file() for f in ("dataset_dict.json", "state.json")) or \
         any(p.rglob("*.parquet")) or any(p.rglob("*.arrow"))
-    return Source("hf" if is_hf else "folder", str(p), column, streaming=cfg.streaming)
+    return Source("hf" if is_hf else "folder", str(p), column, streaming=cfg.streaming, **clips)
 
 
 def main(cfg: PrepareConfig) -> dict | None:
     """Tokenize this process's part of `cfg.source` into `cfg.out`; returns the corpus manifest
     (corpus.json) once every part is done, else None."""
     from tokenizer.jpeg.tokenizer import JpegDctConfig, JpegDctTokenizer
+    from tokenizer.video.tokenizer import VideoConfig, VideoTokenizer
 
     if not cfg.out:
         raise ValueError("out: expected the corpus directory to write, e.g. --out=data/mine")
@@ -323,13 +373,17 @@ def main(cfg: PrepareConfig) -> dict | None:
         return merge(cfg.out)
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
+    elif cfg.video_mode:
+        tok = VideoTokenizer(VideoConfig(mode=cfg.video_mode, quality=cfg.quality, size=cfg.size,
+                                         subsampling=cfg.subsampling, order=cfg.order, delta_order=cfg.order,
+                                         max_frames=cfg.clip_frames or 16))
     else:
         tok = JpegDctTokenizer(JpegDctConfig(quality=cfg.quality, size=cfg.size, subsampling=cfg.subsampling,
                                              order=cfg.order))
     part, parts = (cfg.part, cfg.parts) if cfg.parts else part_from_env()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if not cfg.parts else 1
     workers = cfg.workers or max(1, (os.cpu_count() or 1) // local)
-    src = source_of(cfg, tok.size or cfg.size)
+    src = source_of(cfg, tok.size or cfg.size, tok)
     return prepare(src, cfg.out, tok, cfg.train_crops, cfg.val_crops, cfg.val_fraction, cfg.shard_size,
                    workers, progress=sys.stderr.isatty(), part=part, parts=parts)
 

