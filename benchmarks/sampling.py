@@ -15,7 +15,7 @@ a fresh one, or the checkpoint's with --ckpt):
    from batching is (tokens/s of the batch) / (tokens/s of one stream); `--batch` is the ideal.
    A fresh model samples near-uniform noise, whose blocks a bounded grammar keeps drawing again,
    so without --ckpt the grammar is unbounded; with --ckpt it is bounded, as sample.py runs it.
-3. With CUDA: `generate` on the GPU recipe's model (configs/gpu_256.json: 12 layers, 768 wide).
+3. With CUDA: `generate` on the GPU recipe's model (configs/gpu_256.toml: 12 layers, 768 wide).
 
 Each figure is printed as wall-clock tokens/s and as tokens per CPU-second of this process (on a
 shared machine the second is the steadier; on a quiet one they agree).
