@@ -15,7 +15,7 @@ a fresh one, or the checkpoint's with --ckpt):
    from batching is (tokens/s of the batch) / (tokens/s of one stream); `--batch` is the ideal.
    A fresh model samples near-uniform noise, whose blocks a bounded grammar keeps drawing again,
    so without --ckpt the grammar is unbounded; with --ckpt it is bounded, as sample.py runs it.
-3. With CUDA: `generate` on the GPU recipe's model (configs/gpu_256.json: 12 layers, 768 wide).
+3. With CUDA: `generate` on the GPU recipe's model (configs/gpu_256.toml: 12 layers, 768 wide).
 4. Context features (GPTConfig.context): the tokenizer's ContextCursor alone, per token over a real
    256x256 photo's stream (embedded corpus), next to the Decoder step of part 1; and `generate` of
    a fresh model of the same shape with context features against one without (one stream, a batch).

@@ -1,4 +1,4 @@
-"""The JPEG-DCT token format: vocabulary, block layout and order, coefficients <-> ids.
+"""The JPEG-DCT token format: vocabulary, header, block layout and order (ids: tokenizer.jpeg.codec).
 
 A stream is header, body, end (docs/token-format.md says it in prose):
 
@@ -15,8 +15,9 @@ endian), so nothing is clipped. Two block orders:
   in that band (AC..., EOB); runs of blocks with nothing in a band are SKIP(n) tokens (n <= max_skip,
   greedy, so the coding is unique), like progressive JPEG's spectral selection with EOB runs.
 
-Blocks are ordered by `BlockLayout`, the one explicit ordering step; encoding and decoding are
-vectorized over all blocks (numpy), the grammar (tokenizer.jpeg.grammar) walks the same layout.
+Blocks are ordered by `BlockLayout`, the one explicit ordering step: the codec (tokenizer.jpeg.codec,
+vectorized over all blocks), the compiled path (tokenizer.jpeg.compiled) and the grammar
+(tokenizer.jpeg.grammar) follow it; tokenizer.jpeg.reference orders blocks in its own loops, to check it.
 """
 
 from __future__ import annotations
