@@ -95,9 +95,10 @@ class ProbeConfig:
 # -- features ------------------------------------------------------------------------------------
 @torch.no_grad()
 def gpt_features(model: GPT, seqs: list[TokenSequence], batch_size: int = 8,
-                 progress: bool = False) -> np.ndarray:
+                 progress: bool = False, contexts: list[np.ndarray] | None = None) -> np.ndarray:
     """(N, n_layer + 1, n_embd) float32: each image's residual stream after the embedding and after
-    every block, mean-pooled over its body tokens (see the module docstring)."""
+    every block, mean-pooled over its body tokens (see the module docstring). `contexts`: each
+    stream's (T, n_context) features (Tokenizer.context), for a model with context features."""
     captured: list[torch.Tensor] = []
     modules = [model.transformer.drop, *model.transformer.h]   # drop(x) is the summed embedding
     hooks = [m.register_forward_hook(lambda m, i, o: captured.append(o)) for m in modules]
@@ -105,6 +106,10 @@ def gpt_features(model: GPT, seqs: list[TokenSequence], batch_size: int = 8,
     out = np.zeros((n, L, model.config.n_embd), np.float32)
     order = sorted(range(n), key=lambda i: len(seqs[i]))        # similar lengths share a batch
     short = [i for i in order if len(seqs[i]) <= W]
+    C = model.config.n_context
+    if C and (contexts is None or len(contexts) != n):
+        raise ValueError(f"gpt_features: the model takes {C} context features per token; pass contexts")
+    ctx = [torch.from_numpy(np.asarray(c, np.int64)) for c in contexts] if C else None
     bar = tqdm(total=n, desc="features", unit="img", disable=not progress)
     try:
         for s in range(0, len(short), batch_size):
@@ -112,11 +117,14 @@ def gpt_features(model: GPT, seqs: list[TokenSequence], batch_size: int = 8,
             T = len(seqs[idx[-1]])
             ids = torch.zeros(len(idx), T, dtype=torch.long)    # padded at the end: causal attention
             pos = torch.zeros(len(idx), T, 5, dtype=torch.long)  # never lets a real token see padding
+            cx = torch.zeros(len(idx), T, C, dtype=torch.long)
             for b, i in enumerate(idx):
                 ids[b, :len(seqs[i])] = torch.from_numpy(seqs[i].ids)
                 pos[b, :len(seqs[i])] = torch.from_numpy(seqs[i].positions)
+                if C:
+                    cx[b, :len(seqs[i])] = ctx[i]
             captured.clear()
-            model(ids, pos)
+            model(ids, pos, context=cx if C else None)
             out[idx] = _pool(torch.stack(captured, 1), [seqs[i] for i in idx])   # (B, L, T, C) -> (B, L, C)
             bar.update(len(idx))
         for i in order[len(short):]:                              # longer than the context: chunks
@@ -125,7 +133,8 @@ def gpt_features(model: GPT, seqs: list[TokenSequence], batch_size: int = 8,
             ids = torch.from_numpy(seqs[i].ids.astype(np.int64))[None]
             pos = torch.from_numpy(seqs[i].positions.astype(np.int64))[None]
             for c in range(0, ids.size(1), W // 2):
-                model(ids[:, c:c + W // 2], pos[:, c:c + W // 2], cache=cache)
+                model(ids[:, c:c + W // 2], pos[:, c:c + W // 2], cache=cache,
+                      context=ctx[i][None, c:c + W // 2] if C else None)
             per_layer = [torch.cat(captured[k::L], dim=1) for k in range(L)]   # (1, T, C) each
             out[i] = _pool(torch.stack(per_layer, 1), [seqs[i]])[0]
             bar.update(1)
@@ -253,7 +262,8 @@ def probe_seed(model: GPT, tok: Tokenizer, weights: str, data: ProbeData, seed: 
         def compute() -> dict[str, np.ndarray]:
             if not seqs:
                 inputs()
-            return {"features": gpt_features(m, seqs, cfg.batch_size, cfg.progress)}
+            contexts = [tok.context(s) for s in seqs] if m.config.n_context else None
+            return {"features": gpt_features(m, seqs, cfg.batch_size, cfg.progress, contexts)}
         return compute
 
     feats = cached(cache, {"kind": "inputs", **base}, inputs)

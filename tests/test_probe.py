@@ -164,3 +164,25 @@ def test_user_errors_are_one_line(run, tmp_path, capsys):
     with pytest.raises(ValueError, match="task='colour'"):
         ProbeConfig(ckpt="x", task="colour")
     assert checkpoint.resolve(run / "run")
+
+
+def test_features_of_a_context_model_take_each_streams_context_rows():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=100, block_size=16, n_layer=1, n_head=2, n_embd=32,
+                          context=True, n_context=2, context_buckets=3)).eval()
+    seqs = [one_body_token(12, 5, 0), one_body_token(9, 8, 1), one_body_token(40, 27, 3)]
+    rng = np.random.default_rng(0)
+    contexts = [rng.integers(0, 3, (len(s), 2)) for s in seqs]
+    feats = gpt_features(model, seqs, batch_size=2, contexts=contexts)
+    for s, c, f in zip(seqs, contexts, feats):
+        at = int(np.flatnonzero(s.positions[:, 1])[0])
+        lo = 0 if len(s) <= 16 else 16                     # the long one: chunks of 8, as above
+        ids = torch.from_numpy(s.ids[lo:at + 1]).long()[None]
+        pos = torch.from_numpy(s.positions[lo:at + 1]).long()[None]
+        logits, _ = model(ids, pos, context=torch.from_numpy(c[lo:at + 1]).long()[None])
+        assert torch.allclose(model.lm_head(model.transformer.ln_f(torch.from_numpy(f[-1]))),
+                              logits[0, -1], atol=1e-4)
+    zero = gpt_features(model, seqs, contexts=[np.zeros_like(c) for c in contexts])
+    assert not np.allclose(zero, feats, atol=1e-3)          # the rows reach the features
+    with pytest.raises(ValueError, match="context"):
+        gpt_features(model, seqs)
