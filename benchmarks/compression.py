@@ -111,8 +111,8 @@ def run(images: list[Path], tok, model=None, as_is: bool = False, codec: bool = 
         from dctgpt.evaluate import as_is as lift
         tok = lift(tok)
     if model is not None:
-        from dctgpt.evaluate import sequence_nll
-        fns["model"] = lambda d: (float(sequence_nll(model, tok.encode(d)).sum() / math.log(2) / 8), math.nan)
+        from dctgpt.evaluate import stream_bits
+        fns["model"] = lambda d: (stream_bits(model, tok, tok.encode(d)) / 8, math.nan)
     timing = {"compress_s": 0.0, "decompress_s": 0.0, "stored": 0}
     if codec:
         from dctgpt.codec import GPTPredictor

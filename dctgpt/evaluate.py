@@ -78,12 +78,18 @@ def sequence_nll(model: GPT, seq: TokenSequence, stride: int = 0,
     return nll
 
 
+def stream_bits(model: GPT, tok, seq: TokenSequence, stride: int = 0) -> float:
+    """The model's code length of `seq` in bits (tokens after BOS), with the tokenizer's context
+    features when the model takes them."""
+    context = tok.context(seq) if model.config.n_context else None
+    return float(sequence_nll(model, seq, stride, context).sum() / math.log(2))
+
+
 def evaluate_image(model: GPT, tok, path: Path, stride: int = 0) -> ImageResult:
     from tokenizer import scan_bytes  # the baseline is JPEG-specific; the model is not
 
     seq = tok.encode(path)
-    context = tok.context(seq) if model.config.n_context else None
-    bits = float(sequence_nll(model, seq, stride, context).sum() / math.log(2))
+    bits = stream_bits(model, tok, seq, stride)
     prepared = tok.to_jpeg(path)      # the JPEG whose coefficients encode(path) tokenizes
     if prepared is not None:
         scan = scan_bytes(prepared)

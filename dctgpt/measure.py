@@ -107,8 +107,8 @@ def measure(name: str, tok: Any, paths: list[Path], originals: list[np.ndarray],
     scan = _scan_bits(tok, paths)
     model_bits = float("nan")
     if model is not None:
-        from dctgpt.evaluate import sequence_nll
-        model_bits = float(np.mean([sequence_nll(model, s).sum() / math.log(2) for s in seqs]))
+        from dctgpt.evaluate import stream_bits
+        model_bits = float(np.mean([stream_bits(model, tok, s) for s in seqs]))
     raw = float(lengths.mean() * math.log2(tok.vocab_size))
     row = Row(name, _family(name, tok), tok.vocab_size, len(paths), float(lengths.mean()),
               float(np.percentile(lengths, 95)), raw, float(lengths.mean() * h), model_bits, scan,

@@ -9,7 +9,8 @@ import train
 from dctgpt import checkpoint
 from dctgpt.config import TrainConfig
 from dctgpt.data import Packer
-from dctgpt.evaluate import sequence_nll
+from dctgpt.evaluate import sequence_nll, stream_bits
+from dctgpt.measure import load_rgb, measure
 from dctgpt.model import GPT, GPTConfig
 from tokenizer import TokenSequence
 from tokenizer.corpus.embedded import crops
@@ -192,6 +193,12 @@ def test_model_with_context_trains_saves_and_loads(photo_corpus, tmp_path):
     # the features matter to the trained model
     zeros = np.zeros((len(seq), N_CONTEXT), np.int64)
     assert not np.allclose(nll, sequence_nll(ck.model, seq, context=zeros))
+    # the code length every report takes (evaluate, the compression benchmark, compare's model bits)
+    assert np.isclose(stream_bits(ck.model, ck.tokenizer, seq), nll.sum() / np.log(2))
+    path = tmp_path / "val.jpg"
+    path.write_bytes(ck.tokenizer.decode(seq))
+    row, _ = measure("jpeg", ck.tokenizer, [path], [load_rgb(path)], model=ck.model)
+    assert np.isclose(row.model_bits, nll.sum() / np.log(2))
 
 
 def test_model_without_context_keeps_its_parameters():
