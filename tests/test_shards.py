@@ -3,9 +3,12 @@ by every tokenizer family equal its own, old corpora are refused in one line, an
 nothing per token."""
 
 import io
+import gc
 import json
+import multiprocessing
 import os
 import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -186,25 +189,37 @@ def _repeat(src, dst, times):
     write_index(dst, Corpus(src).tokenizer(), {"train": infos})
 
 
-def test_packer_memory_does_not_grow_with_the_corpus(tmp_path, monkeypatch):
-    make_corpus(tmp_path / "small", n_train=100, n_val=2)
-    _repeat(tmp_path / "small", tmp_path / "large", 200)
-    monkeypatch.setattr(shards, "OPEN_SHARDS", 8)
-    Packer(Corpus(tmp_path / "small").split("train"), 64, pad_id=0).batch(4, [1])   # one-time caches
-    peaks, in_ram = {}, {}
-    for name in ("small", "large"):
+def _packer_peaks(small, large) -> dict:
+    """Run in a fresh process (no state of earlier tests): per corpus, the Python heap's peak while a
+    Packer builds 12 batches, the arrays it holds in RAM and mapped, and the shards left open."""
+    shards.OPEN_SHARDS = 8
+    Packer(Corpus(small).split("train"), 64, pad_id=0).batch(4, [1])   # one-time caches
+    out = {}
+    for name, directory in (("small", small), ("large", large)):
+        gc.collect()
         tracemalloc.start()
-        split = Corpus(tmp_path / name).split("train")
+        split = Corpus(directory).split("train")
         packer = Packer(split, 64, pad_id=0)
         for it in range(12):
             packer.batch(4, [0, it, 0])
-        peaks[name] = tracemalloc.get_traced_memory()[1]
+        peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        in_ram[name], mapped = _array_bytes(packer)
-        assert len(split._open) <= 8 and mapped > 0              # ids stay in the maps, at most 8 open
+        in_ram, mapped = _array_bytes(packer)
+        out[name] = dict(peak=peak, in_ram=in_ram, mapped=mapped, open=len(split._open),
+                         shards=len(split.paths), tokens=split.n_tokens)
+    return out
+
+
+def test_packer_memory_does_not_grow_with_the_corpus(tmp_path):
+    make_corpus(tmp_path / "small", n_train=100, n_val=2)
+    _repeat(tmp_path / "small", tmp_path / "large", 200)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        m = pool.submit(_packer_peaks, tmp_path / "small", tmp_path / "large").result()
+    for r in m.values():
+        assert r["open"] <= 8 and r["mapped"] > 0                 # ids stay in the maps, at most 8 open
         # in RAM: one int64 per shard (the image index) and the offsets of the open shards, no more
-        assert in_ram[name] <= 8 * (len(split.paths) + 1) + 8 * len(split._open) * (100 + 1)
-    tokens = Corpus(tmp_path / "large").split("train").n_tokens
-    assert tokens == 200 * Corpus(tmp_path / "small").split("train").n_tokens > 1_000_000
+        assert r["in_ram"] <= 8 * (r["shards"] + 1) + 8 * r["open"] * (100 + 1)
+    tokens = m["large"]["tokens"]
+    assert tokens == 200 * m["small"]["tokens"] > 1_000_000
     # what grows is the shard index, under 1 kB per shard; the old packer held 32 bytes per token
-    assert peaks["large"] - peaks["small"] < min(1024 * 200, tokens // 4)
+    assert m["large"]["peak"] - m["small"]["peak"] < min(1024 * 200, tokens // 4)
