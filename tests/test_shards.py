@@ -2,8 +2,8 @@
 by every tokenizer family equal its own, old corpora are refused in one line, and the packer holds
 nothing per token."""
 
-import io
 import gc
+import io
 import json
 import multiprocessing
 import os
