@@ -136,7 +136,9 @@ def run(images: list[Path], tok, model=None, as_is: bool = False, codec: bool = 
                        "saving_vs_huffman_opt": float(1 - v.sum() / base.sum()),
                        "mean_saving_vs_huffman_opt": float(np.mean(1 - v / base))}
     report = {"images": len(images), "pixels_per_image": float(np.mean(pixels)), "as_is": as_is,
-              "table": table, "notes": notes}
+              "table": table, "notes": notes,
+              "per_image": {"names": [p.name for p in images],
+                            **{name: [r[0] for r in vals] for name, vals in rows.items()}}}
     if codec:
         jpeg_kb = sum(r[1] for r in rows["file"]) / 1000
         report["codec_speed"] = {"compress_kb_per_s": jpeg_kb / timing["compress_s"],
@@ -157,6 +159,13 @@ def format_table(report: dict) -> str:
         c = report["codec_speed"]
         lines.append(f"codec: compress {c['compress_kb_per_s']:.2f} KB/s, decompress "
                      f"{c['decompress_kb_per_s']:.2f} KB/s (JPEG bytes), {c['stored_as_is']} stored as is")
+    per = report.get("per_image", {})
+    for name in ("model", "codec"):
+        if name in per:
+            ours = np.array(per[name])
+            wins = [f"{other} on {int((ours < np.array(per[other])).sum())}/{len(ours)}"
+                    for other in ("huffman_opt", "arithmetic", "lepton", "jpegxl") if other in per]
+            lines.append(f"{name} smaller than " + ", ".join(wins) + " images")
     lines += [f"note: {n}" for n in report["notes"]]
     return "\n".join(lines)
 
