@@ -113,7 +113,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
          "error: out: expected the corpus directory to write, e.g. --out=data/mine"),
         (embedded.cli, [], "error: missing key --export (folder to write the crops (or photos) to)"),
         (embedded.cli, ["--export=x", "--split=test"],
-         "error: split='test': expected one of ['train', 'val']"),
+         "error: split='test': expected one of ['train', 'val', 'frames']"),
         (bpe_train.cli, ["--corpus", str(tmp_path), "--out", str(tmp_path / "b")],
          f"error: {tmp_path / 'corpus.json'}: not a tokenized corpus "
          "(run python -m tokenizer.corpus.prepare)"),

