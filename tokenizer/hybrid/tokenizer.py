@@ -15,12 +15,10 @@ GRID_W code x rows*cols EOS. Saved as `hybrid.safetensors` + `tokenizer.json`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from tokenizer.base import TokenizerError, TokenSequence
 from tokenizer.hybrid.model import HybridConfig, HybridVq, from_planes, to_planes
@@ -34,6 +32,8 @@ class HybridTokenizer(CodeGridTokenizer):
 
     name = "hybrid"
     config_class = HybridConfig
+    model_class = HybridVq
+    weights_file = "hybrid.safetensors"
 
     def __init__(self, config: HybridConfig | None = None, model: HybridVq | None = None):
         self.config = c = config or HybridConfig()
@@ -74,16 +74,3 @@ class HybridTokenizer(CodeGridTokenizer):
         """Token stream in, the bytes of a baseline JPEG out."""
         return write_coefficients(self.decode_coefficients(seq))
 
-    # -- persistence ------------------------------------------------------------------------------
-    def save_files(self, directory: Path) -> None:
-        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(directory / "hybrid.safetensors"))
-
-    @classmethod
-    def from_files(cls, config: HybridConfig, directory: Path) -> HybridTokenizer:
-        path = directory / "hybrid.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (a hybrid tokenizer directory holds it)")
-        model = HybridVq(config)
-        model.load_state_dict(load_file(str(path)), strict=True)
-        return cls(config, model)

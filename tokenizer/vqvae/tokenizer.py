@@ -79,6 +79,8 @@ class CodeGridTokenizer(Tokenizer):
     codebook_size: int
     max_grid: int
     cell: int            # pixels per code along each side
+    model_class: type[torch.nn.Module]   # built from the config; its weights are saved as weights_file
+    weights_file: str
 
     def set_ids(self, codebook_size: int, max_grid: int, cell: int) -> None:
         K = self.codebook_size = codebook_size
@@ -127,12 +129,29 @@ class CodeGridTokenizer(Tokenizer):
     def grammar(self, prefix: TokenSequence | None = None, bounded: bool = False) -> VqGrammar:
         return advance(VqGrammar(self), prefix)     # codes always decode in range: bounded is moot
 
+    # -- persistence: the network's weights next to tokenizer.json ---------------------------------
+    def save_files(self, directory: Path) -> None:
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(directory / self.weights_file))
+
+    @classmethod
+    def from_files(cls, config: Any, directory: Path) -> CodeGridTokenizer:
+        path = directory / cls.weights_file
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (a {cls.name} tokenizer directory holds "
+                                    f"{cls.weights_file})")
+        model = cls.model_class(config)
+        model.load_state_dict(load_file(str(path)), strict=True)
+        return cls(config, model)
+
 
 class VqVaeTokenizer(CodeGridTokenizer):
     """Learned image tokens: one codebook id per downsample x downsample cell (lossy)."""
 
     name = "vqvae"
     config_class = VqConfig
+    model_class = VqVae
+    weights_file = "vqvae.safetensors"
 
     def __init__(self, config: VqConfig | None = None, model: VqVae | None = None):
         self.config = c = config or VqConfig()
@@ -179,16 +198,3 @@ class VqVaeTokenizer(CodeGridTokenizer):
         Image.fromarray(self.decode_pixels(seq)).save(buf, format="PNG")
         return buf.getvalue()
 
-    # -- persistence ------------------------------------------------------------------------------
-    def save_files(self, directory: Path) -> None:
-        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(directory / "vqvae.safetensors"))
-
-    @classmethod
-    def from_files(cls, config: VqConfig, directory: Path) -> VqVaeTokenizer:
-        path = directory / "vqvae.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (a VQ-VAE tokenizer directory holds vqvae.safetensors)")
-        model = VqVae(config)
-        model.load_state_dict(load_file(str(path)), strict=True)
-        return cls(config, model)
