@@ -40,10 +40,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dctgpt.measure import IMAGE_EXTS, Row, finite_mean, fit_like, label, load_rgb, measure, to_rgb
+from dctgpt.measure import Row, finite_mean, fit_like, label, load_rgb, measure, to_rgb
 from dctgpt.plot import Series, image_grid, line_plot
 from tokenizer.base import load_tokenizer
 from tokenizer.cli import run
+from tokenizer.media import IMAGE_EXTS
 
 log = logging.getLogger("dctgpt.compare")
 

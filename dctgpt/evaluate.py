@@ -33,9 +33,9 @@ from dctgpt import checkpoint
 from dctgpt.model import GPT
 from tokenizer.base import Tokenizer, TokenSequence
 from tokenizer.cli import run
+from tokenizer.media import IMAGE_EXTS
 
 log = logging.getLogger("dctgpt.evaluate")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,9 @@ def list_images(directory: str | Path) -> list[Path]:
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: not a directory of images")
-    paths = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not paths:
-        raise FileNotFoundError(f"{d}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise FileNotFoundError(f"{d}: no images ({', '.join(sorted(IMAGE_EXTS))})")
     return paths
 
 

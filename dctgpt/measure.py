@@ -22,8 +22,6 @@ from PIL import Image, ImageOps
 
 from tokenizer.jpeg.io import scan_bytes
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
-
 
 @dataclass
 class Row:

@@ -19,6 +19,9 @@ from PIL import Image, ImageOps
 
 from tokenizer.base import TokenizerError
 
+# The file suffixes taken as images wherever a folder is read (corpora, evaluation, comparison, probes).
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+
 
 def name_of(media: Any) -> str:
     if isinstance(media, (str, os.PathLike)):

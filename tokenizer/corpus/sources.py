@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenizer.media import IMAGE_EXTS
 from tokenizer.video.tokenizer import VIDEO_SUFFIXES as VIDEO_EXTS
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 VIDEO_COLUMNS = ("video", "mp4", "avi", "clip")
 STREAM_ROWS = 1000   # rows per input shard when a dataset saved with save_to_disk is streamed
 
