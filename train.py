@@ -169,9 +169,10 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
     if cfg.init_from == "resume":
         ck = checkpoint.resolve(out)
         resumed = checkpoint.load(ck, device)
-        if resumed.model.config != model.config:
-            raise ValueError(f"{ck}: checkpoint model {resumed.model.config} differs from the "
-                             f"configured {model.config}")
+        have, want = asdict(resumed.model.config), asdict(model.config)
+        if diff := [f"{k}={have.get(k)!r} (configured {want[k]!r})" for k in want if have.get(k) != want[k]]:
+            raise ValueError(f"{ck}: the checkpoint's model has {', '.join(diff)}; resume with its settings "
+                             f"or start a new out_dir")
         model.load_state_dict(resumed.model.state_dict())
         checkpoint.load_optimizer(ck, optimizer)
         checkpoint.load_rng(ck)

@@ -113,8 +113,10 @@ def test_resume_with_another_model_config_is_a_clear_error(tmp_path):
                       model=GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64))
     train.main(cfg)
     resume = replace(cfg, max_iters=2, init_from="resume")
-    for key, value in (("n_layer", 3), ("n_embd", 64), ("pos_emb", "learned")):
-        with pytest.raises(ValueError, match=f"{key}") as e:
+    keys = ("n_layer", 3), ("n_embd", 64), ("pos_emb", "learned"), ("rope_base", 500.0), ("dropout", 0.1)
+    for key, value in keys:     # rope_base and dropout leave the weights' shapes as they are
+        with pytest.raises(ValueError, match=f"has {key}=") as e:
             train.main(replace(resume, model=replace(cfg.model, **{key: value})))
         assert str(tmp_path / "run") in str(e.value)
+        assert [k for k, _ in keys if f"{k}=" in str(e.value)] == [key]     # names only what differs
     assert sorted(train.main(resume).train_loss) == [1]      # the same configuration resumes

@@ -54,6 +54,19 @@ def test_policies_halve_a_wide_photo_as_their_names_say():
     assert np.abs(got_crop - off).mean() > 2 * np.abs(got_crop - crop).mean()
 
 
+def test_policies_take_size_as_height_then_width():
+    """64x128 to a 16-row, 64-column target. center_crop: scale by 1/2 to 32x64 and keep rows 8..23,
+    i.e. the 2x2 means of the original's rows 16..47. stretch: the 4x2 means of the whole photo."""
+    px = photo(64, 128)
+    crop, stretch = box_mean(px[16:48], 2, 2), box_mean(px, 4, 2)
+    got_crop = decoded(tok_for(size=(16, 64), resize="center_crop"), px)
+    got_stretch = decoded(tok_for(size=(16, 64), resize="stretch"), px)
+    assert got_crop.shape == got_stretch.shape == (16, 64, 3)
+    assert np.abs(got_crop - crop).mean() < 8
+    assert np.abs(got_stretch - stretch).mean() < 8
+    assert np.abs(got_crop - box_mean(px[14:46], 2, 2)).mean() > 2 * np.abs(got_crop - crop).mean()
+
+
 def test_vqvae_tokenizer_crops_the_middle_too():
     from tokenizer.vqvae.model import VqConfig
     from tokenizer.vqvae.tokenizer import VqVaeTokenizer
