@@ -170,7 +170,7 @@ def _train(cfg: TrainConfig, device: str, rank: int, world: int, ddp: bool) -> T
         ck = checkpoint.resolve(out)
         resumed = checkpoint.load(ck, device)
         have, want = asdict(resumed.model.config), asdict(model.config)
-        if diff := [f"{k}={have.get(k)!r} (configured {want[k]!r})" for k in want if have.get(k) != want[k]]:
+        if diff := [f"{k}={have[k]!r} (configured {want[k]!r})" for k in want if have[k] != want[k]]:
             raise ValueError(f"{ck}: the checkpoint's model has {', '.join(diff)}; resume with its settings "
                              f"or start a new out_dir")
         model.load_state_dict(resumed.model.state_dict())

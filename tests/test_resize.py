@@ -40,31 +40,24 @@ def decoded(tok: JpegDctTokenizer, px: np.ndarray) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(tok.decode(tok.encode(px))))).astype(np.float64)
 
 
-def test_policies_halve_a_wide_photo_as_their_names_say():
-    """64x128 to 32x32. center_crop: scale by 1/2 to 32x64 and keep columns 16..47, i.e. the 2x2
-    means of the original's columns 32..95. stretch: the 2x4 means of the whole photo."""
+@pytest.mark.parametrize("size, kept, stretch_box, one_off", [
+    ((32, 32), np.s_[:, 32:96], (2, 4), np.s_[:, 30:94]),
+    ((16, 64), np.s_[16:48, :], (4, 2), np.s_[14:46, :]),    # size is (rows, columns): a swap shows
+])
+def test_policies_halve_a_wide_photo_as_their_names_say(size, kept, stretch_box, one_off):
+    """64x128 to size. center_crop: scale by 1/2 (to 32x64) and keep the middle, i.e. the 2x2 means
+    of the original's `kept` region (columns 32..95 for 32x32, rows 16..47 for 16x64). stretch: the
+    `stretch_box` means of the whole photo."""
     px = photo(64, 128)
-    crop, stretch = box_mean(px[:, 32:96], 2, 2), box_mean(px, 2, 4)
+    crop, stretch = box_mean(px[kept], 2, 2), box_mean(px, *stretch_box)
     assert np.abs(crop - stretch).mean() > 30                      # the oracles tell the policies apart
-    got_crop = decoded(tok_for(size=(32, 32), resize="center_crop"), px)
-    got_stretch = decoded(tok_for(size=(32, 32), resize="stretch"), px)
+    got_crop = decoded(tok_for(size=size, resize="center_crop"), px)
+    got_stretch = decoded(tok_for(size=size, resize="stretch"), px)
+    assert got_crop.shape == got_stretch.shape == (*size, 3)
     assert np.abs(got_crop - crop).mean() < 8                      # Lanczos vs box, and JPEG q90: ~4
     assert np.abs(got_stretch - stretch).mean() < 8
-    off = box_mean(px[:, 30:94], 2, 2)                             # a crop one output pixel to the left
+    off = box_mean(px[one_off], 2, 2)                              # a crop one output pixel off
     assert np.abs(got_crop - off).mean() > 2 * np.abs(got_crop - crop).mean()
-
-
-def test_policies_take_size_as_height_then_width():
-    """64x128 to a 16-row, 64-column target. center_crop: scale by 1/2 to 32x64 and keep rows 8..23,
-    i.e. the 2x2 means of the original's rows 16..47. stretch: the 4x2 means of the whole photo."""
-    px = photo(64, 128)
-    crop, stretch = box_mean(px[16:48], 2, 2), box_mean(px, 4, 2)
-    got_crop = decoded(tok_for(size=(16, 64), resize="center_crop"), px)
-    got_stretch = decoded(tok_for(size=(16, 64), resize="stretch"), px)
-    assert got_crop.shape == got_stretch.shape == (16, 64, 3)
-    assert np.abs(got_crop - crop).mean() < 8
-    assert np.abs(got_stretch - stretch).mean() < 8
-    assert np.abs(got_crop - box_mean(px[14:46], 2, 2)).mean() > 2 * np.abs(got_crop - crop).mean()
 
 
 def test_vqvae_tokenizer_crops_the_middle_too():
