@@ -15,9 +15,12 @@ read by the checkpoint's video tokenizer (its size, quality and at most max_fram
   (a rollout: frame P+k-1 is predicted from its own earlier predictions). Decoding rule: `samples=0`
   is greedy, the argmax under the bounded grammar at every token (deterministic: the single most
   likely continuation token by token, one run per clip); `samples=N` draws N rollouts at
-  `temperature` and keeps the one the model finds most likely. The grammar ends the stream after the
-  last predicted frame. PSNR and SSIM (skimage.metrics, RGB) of predicted frame k against the true
-  frame (as the tokenizer codes it), next to repeating the last given frame, in the same run.
+  `temperature` and keeps the one the model finds most likely (`rule=likeliest`), or predicts their
+  pixel mean (`rule=mean`: a Monte Carlo estimate of the model's expected frame, the prediction
+  that minimizes the expected squared error, hence PSNR's natural rule; a mean of JPEGs, not itself
+  one). The grammar ends the stream after the last predicted frame. PSNR and SSIM (skimage.metrics,
+  RGB) of predicted frame k against the true frame (as the tokenizer codes it), next to repeating
+  the last given frame, in the same run.
 
 Writes video_eval.json (everything), video_eval.md (the tables and a verdict), video_eval.csv (per
 step k), prediction.png (PSNR and SSIM against k) and frames.png (truth / model / repeat per clip).
@@ -133,22 +136,27 @@ class _Horizon:
 
 
 def predict(model: GPT, tok: Any, seq: TokenSequence, prefix: int, steps: int, samples: int = 0,
-            temperature: float = 1.0, seed: int = 0) -> list[bytes]:
-    """JPEG bytes of frames prefix..prefix+steps-1 written by the model after the clip's first
-    `prefix` frames of `seq` (greedy with samples=0, else the most likely of `samples` rollouts)."""
+            temperature: float = 1.0, seed: int = 0, rule: str = "likeliest") -> list[np.ndarray]:
+    """RGB (H, W, 3) uint8 frames prefix..prefix+steps-1 written by the model after the clip's first
+    `prefix` frames of `seq`: greedy with samples=0, else of `samples` rollouts the most likely
+    (rule "likeliest") or the pixel mean (rule "mean")."""
     starts = np.flatnonzero(np.isin(seq.ids, [tok.frame_i, tok.frame_d, tok.qt_new])
                             & (np.arange(len(seq)) > 0) & (seq.positions[:, 0] >= prefix))
     prompt = seq[:int(starts[0])]                     # header and frames 0..prefix-1, open for the next
     cfg = SamplingConfig(temperature=0.0 if samples == 0 else temperature, seed=seed)
     outs = generate(model, _Rollout(tok, prefix + steps), prompt, max(1, samples), cfg)
+    if samples > 1 and rule == "mean":                # (N, K, H, W, 3) -> the mean over rollouts
+        rgb = np.stack([[to_rgb(j) for j in tok.decode(o)[prefix:prefix + steps]] for o in outs])
+        return list(np.rint(rgb.mean(axis=0)).astype(np.uint8))
     if samples > 1:                                   # keep the rollout the model finds most likely
         nll = [sequence_nll(model, s)[len(prompt) - 1:].sum() for s in outs]
         outs = [outs[int(np.argmin(nll))]]
-    return tok.decode(outs[0])[prefix:prefix + steps]
+    return [to_rgb(j) for j in tok.decode(outs[0])[prefix:prefix + steps]]
 
 
 def evaluate_clip(model: GPT, tok: Any, media: Any, name: str, prefix: int, steps: int,
-                  samples: int = 0, temperature: float = 1.0, stride: int = 0) -> ClipResult:
+                  samples: int = 0, temperature: float = 1.0, stride: int = 0,
+                  rule: str = "likeliest") -> ClipResult:
     """Bits per frame of one clip and, if it has prefix + steps frames, its prediction scores."""
     coefs = tok.frames(media, name)
     seq = tok.encode_frames(coefs)
@@ -161,7 +169,7 @@ def evaluate_clip(model: GPT, tok: Any, media: Any, name: str, prefix: int, step
                     prefix + steps)
         return r
     truth = [to_rgb(j) for j in jpegs]
-    preds = [to_rgb(j) for j in predict(model, tok, seq, prefix, steps, samples, temperature)]
+    preds = predict(model, tok, seq, prefix, steps, samples, temperature, rule=rule)
     for k in range(1, steps + 1):
         t = truth[prefix + k - 1]
         for (p, s), (lp, ls) in [(frame_quality(t, preds[k - 1]), (r.psnr, r.ssim)),
@@ -316,11 +324,12 @@ def main(cfg: VideoEvalConfig) -> dict:
     for name, media in clip_sources(cfg.clips, tok):
         log.info("%s", name)
         r = evaluate_clip(ck.model, tok, media, name, cfg.prefix, cfg.frames, cfg.samples,
-                          cfg.temperature, cfg.stride)
+                          cfg.temperature, cfg.stride, cfg.rule)
         results.append(r)
     rows = step_rows(results, cfg.frames)
     decoding = ("greedy (argmax under the bounded grammar)" if cfg.samples == 0 else
-                f"best of {cfg.samples} rollouts at temperature {cfg.temperature} by model likelihood")
+                f"pixel mean of {cfg.samples} rollouts at temperature {cfg.temperature}" if cfg.rule == "mean"
+                else f"best of {cfg.samples} rollouts at temperature {cfg.temperature} by model likelihood")
     report = {"checkpoint": str(ck.directory), "iter_num": ck.meta.get("iter_num"),
               "tokenizer": asdict(tok.config), "config": asdict(cfg), "decoding": decoding,
               "summary": summarize(results), "steps": [asdict(r) for r in rows], "verdict": verdict(rows),
@@ -336,7 +345,8 @@ class VideoEvalConfig:
     out: str                      # output folder
     prefix: int = 4               # true frames given (P)
     frames: int = 4               # frames predicted after them (K); prefix + frames <= max_frames
-    samples: int = 0              # 0: greedy; N: the most likely of N rollouts at `temperature`
+    samples: int = 0              # 0: greedy; N: N rollouts at `temperature`, combined by `rule`
+    rule: str = "likeliest"       # samples > 0: "likeliest" (the most likely rollout) or "mean" (pixel mean)
     temperature: float = 1.0      # of the sampled rollouts (samples > 0)
     stride: int = 0               # sliding-window stride for the NLL; 0 = block_size / 2
     seed: int = 0                 # of the sampled rollouts
@@ -348,6 +358,10 @@ class VideoEvalConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
         if self.samples < 0 or self.samples == 1:
             raise ValueError(f"samples={self.samples}: expected 0 (greedy) or >= 2")
+        if self.rule not in ("likeliest", "mean"):
+            raise ValueError(f"rule={self.rule!r}: expected 'likeliest' or 'mean'")
+        if self.rule == "mean" and self.samples == 0:
+            raise ValueError("rule='mean': needs samples >= 2 (the rollouts to average)")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature}: expected > 0 (samples=0 is greedy)")
         if not self.clips:

@@ -87,11 +87,14 @@ def test_recipe_errors_name_the_key_and_file(tmp_path):
 def test_every_recipe_in_configs_parses():
     recipes = sorted((ROOT / "configs").glob("*.toml"))
     assert [p.name for p in recipes] == ["cpu_2h.toml", "cpu_2h_256ctx.toml", "gpu_256.toml",
-                                         "gpu_256ctx.toml", "quickstart.toml"]
+                                         "gpu_256ctx.toml", "quickstart.toml", "video_cpu.toml"]
     assert not list((ROOT / "configs").glob("*.json"))
     for p in recipes:
         cfg = parse_config(TrainConfig, [str(p)])
-        assert cfg.prepare is not None and cfg.prepare.source == "embedded"
+        assert cfg.prepare is not None and cfg.prepare.source == ("pans" if "video" in p.name else "embedded")
+    video = parse_config(TrainConfig, [str(ROOT / "configs" / "video_cpu.toml"), "--order=coarse_to_fine"])
+    assert (video.prepare.video_mode, video.prepare.clip_frames, video.prepare.order) == ("delta", 8,
+                                                                                           "coarse_to_fine")
     quick = parse_config(TrainConfig, [str(ROOT / "configs" / "quickstart.toml")])
     model = quick.model
     assert (model.n_layer, model.n_embd, model.block_size, quick.batch_size) == (4, 128, 768, 8)

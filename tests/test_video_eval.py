@@ -93,7 +93,27 @@ def test_greedy_rollout_stops_after_the_predicted_frames(setup):
         g.push(int(t))
     assert ended == 3
     frames = video_eval.predict(model, tok, seq, prefix=1, steps=2)
-    assert len(frames) == 2 and all(to_rgb(f).shape == (*SIZE, 3) for f in frames)
+    assert len(frames) == 2 and all(f.shape == (*SIZE, 3) and f.dtype == np.uint8 for f in frames)
+
+
+def test_mean_rule_predicts_the_pixel_mean_of_the_rollouts(setup, monkeypatch):
+    tok, model, clip = setup
+    true_stream = tok.encode(clip)
+    still_stream = tok.encode(clip[:2] + [clip[1]] * 2)          # the same 2 given frames, then still
+    assert still_stream[:40] == true_stream[:40]
+
+    def two_rollouts(model, rollout, prompt, n, cfg):
+        assert n == 2 and cfg.temperature == 0.7
+        return [true_stream, still_stream]
+
+    monkeypatch.setattr(video_eval, "generate", two_rollouts)
+    truth = [to_rgb(write_coefficients(cf)) for cf in tok.frames(clip)]
+    mean = video_eval.predict(model, tok, true_stream, 2, 2, samples=2, temperature=0.7, rule="mean")
+    for k in (1, 2):                          # halfway between the true frame and the last given one
+        want = np.rint((truth[1 + k].astype(float) + truth[1]) / 2).astype(np.uint8)
+        assert np.array_equal(mean[k - 1], want) and not np.array_equal(want, truth[1 + k])
+    likeliest = video_eval.predict(model, tok, true_stream, 2, 2, samples=2, temperature=0.7)
+    assert any(np.array_equal(likeliest[0], truth[i]) for i in (1, 2))   # one of the two, whole
 
 
 def save_ckpt(tmp_path, tok, name="ck"):
@@ -128,6 +148,8 @@ def test_cli_errors_are_one_line(setup, tmp_path, capsys):
              (f"--ckpt={ck}", "--clips=pans:x"): "pans:N",
              (f"--ckpt={ck}", "--clips=pans:1", "--prefix=3", "--frames=2"): "max_frames=4",
              (f"--ckpt={ck}", "--clips=pans:1", "--samples=1"): "samples=1",
+             (f"--ckpt={ck}", "--clips=pans:1", "--rule=median"): "rule='median'",
+             (f"--ckpt={ck}", "--clips=pans:1", "--rule=mean"): "samples >= 2",
              (f"--ckpt={jpeg_ck}", "--clips=pans:1"): "'jpeg_dct'",
              (f"--ckpt={tmp_path}", "--clips=pans:1"): "no checkpoint",
              (f"--ckpt={ck}", "--clips=pans:1", "--prefx=2"): "'prefix'"}
