@@ -105,10 +105,11 @@ class KVCache:
     """Keys and values of the last `block_size` tokens for every layer, for one batch of streams.
 
     Within `block_size` tokens the cached logits equal a full recompute. Past it, entries older than
-    the window are dropped (sliding-window attention): exact for one layer; with more layers the kept
-    keys of deeper layers still carry what their token saw when it was computed, so logits differ
-    slightly from recomputing the last window from scratch (no embedding depends on the token index,
-    so nothing else shifts).
+    the window are dropped: sliding-window attention, the logits of one pass in which every layer's
+    token attends to the last `block_size` tokens only (a band mask). For one layer that is
+    recomputing the last window from scratch; with more layers the kept keys of deeper layers still
+    carry what their token saw when it was computed, so logits differ slightly from such a recompute
+    (no embedding depends on the token index, so nothing else shifts).
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str = "cpu"):
