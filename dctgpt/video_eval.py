@@ -42,7 +42,7 @@ import torch
 from dctgpt import checkpoint
 from dctgpt.evaluate import sequence_nll
 from dctgpt.generate import SamplingConfig, generate
-from dctgpt.measure import finite_mean, to_rgb
+from dctgpt.measure import to_rgb
 from dctgpt.model import GPT
 from tokenizer.base import TokenSequence
 from tokenizer.cli import run
@@ -71,7 +71,7 @@ class ClipResult:
 class StepRow:
     k: int                        # frames ahead of the last given frame
     clips: int
-    psnr: float                   # mean over clips with a finite PSNR (measure.finite_mean)
+    psnr: float                   # mean over the clips neither side predicts exactly (step_rows)
     psnr_exact: int               # clips predicted exactly (inf dB)
     ssim: float
     repeat_psnr: float
@@ -181,15 +181,21 @@ def evaluate_clip(model: GPT, tok: Any, media: Any, name: str, prefix: int, step
 
 
 def step_rows(results: list[ClipResult], steps: int) -> list[StepRow]:
+    """Means over the clips with predictions at each k. Both PSNR means are over the same clips:
+    those neither the model nor repeating predicts exactly (an exact frame has no finite PSNR; a
+    clip exact on one side only would otherwise weigh in the other side's mean alone)."""
     rows = []
     for k in range(steps):
         rs = [r for r in results if r.psnr]
         if not rs:
             break
-        psnr, exact = finite_mean([r.psnr[k] for r in rs])
-        rpsnr, rexact = finite_mean([r.repeat_psnr[k] for r in rs])
-        rows.append(StepRow(k + 1, len(rs), psnr, exact, float(np.mean([r.ssim[k] for r in rs])),
-                            rpsnr, rexact, float(np.mean([r.repeat_ssim[k] for r in rs])),
+        lossy = [r for r in rs if math.isfinite(r.psnr[k]) and math.isfinite(r.repeat_psnr[k])]
+        psnr, rpsnr = (float(np.mean([getattr(r, key)[k] for r in lossy])) if lossy else math.nan
+                       for key in ("psnr", "repeat_psnr"))
+        rows.append(StepRow(k + 1, len(rs), psnr, sum(math.isinf(r.psnr[k]) for r in rs),
+                            float(np.mean([r.ssim[k] for r in rs])), rpsnr,
+                            sum(math.isinf(r.repeat_psnr[k]) for r in rs),
+                            float(np.mean([r.repeat_ssim[k] for r in rs])),
                             sum(r.psnr[k] > r.repeat_psnr[k] for r in rs)))
     return rows
 
@@ -300,7 +306,8 @@ def markdown(report: dict, results: list[ClipResult], rows: list[StepRow]) -> st
         lines.append(f"| {r.k} | {r.clips} | {r.psnr:.2f}{_exact(r.psnr_exact)} | "
                      f"{r.repeat_psnr:.2f}{_exact(r.repeat_exact)} | {r.ssim:.3f} | {r.repeat_ssim:.3f} | "
                      f"{r.model_wins} |")
-    lines += ["", "PSNR: mean over the clips not predicted exactly (exact ones counted apart). "
+    lines += ["", "PSNR: mean over the clips that neither the model nor repeating predicts exactly (exact "
+              "ones counted apart). "
               + report["verdict"]]
     return "\n".join(lines)
 

@@ -77,6 +77,20 @@ def test_a_model_that_writes_the_true_frames_scores_them_exactly(setup, monkeypa
     assert video_eval.verdict(rows).startswith("The model beats")
 
 
+def test_psnr_means_of_model_and_repeat_are_over_the_same_clips():
+    def clip(name, psnr, repeat):
+        return video_eval.ClipResult(name, 2, 10, 0.0, [0.0, 0.0], [0, 0], psnr=[psnr], ssim=[0.5],
+                                     repeat_psnr=[repeat], repeat_ssim=[0.5])
+
+    # a still clip that repeating predicts exactly and the model nearly (62 dB), and a moving one
+    rows = video_eval.step_rows([clip("still", 62.0, math.inf), clip("moving", 20.0, 21.0),
+                                 clip("solved", math.inf, math.inf)], 1)
+    r = rows[0]
+    assert (r.psnr, r.repeat_psnr) == (20.0, 21.0)   # the still clip in neither mean (not in one alone)
+    assert (r.clips, r.psnr_exact, r.repeat_exact, r.model_wins) == (3, 1, 2, 0)
+    assert video_eval.verdict(rows).startswith("The model does not beat")
+
+
 def test_greedy_rollout_stops_after_the_predicted_frames(setup):
     tok, model, clip = setup
     seq = tok.encode(clip)
