@@ -14,7 +14,7 @@ import pytest
 
 import sample
 import train
-from dctgpt import compare, compare_train, evaluate, probe
+from dctgpt import compare, compare_train, evaluate, probe, video_eval, video_plot
 from dctgpt.config import TrainConfig
 from tokenizer.bpe import train as bpe_train
 from tokenizer.cli import keys, parse_config
@@ -38,6 +38,8 @@ ENTRY_POINTS = {   # the command, its cli(argv) and the config class it parses
     "python -m dctgpt.compare_train": (compare_train.cli, compare_train.TrainCompareConfig),
     "python -m dctgpt.probe": (probe.cli, probe.ProbeConfig),
     "python -m tokenizer.hybrid.train": (hybrid_train.cli, hybrid_train.HybridRun),
+    "python -m dctgpt.video_eval": (video_eval.cli, video_eval.VideoEvalConfig),
+    "python -m dctgpt.video_plot": (video_plot.cli, video_plot.VideoPlotConfig),
 }
 
 
