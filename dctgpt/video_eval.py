@@ -78,6 +78,7 @@ class StepRow:
     repeat_exact: int
     repeat_ssim: float
     model_wins: int               # clips where the model's PSNR beats repeating the last frame
+    ssim_wins: int                # clips where the model's SSIM beats repeating the last frame
 
 
 def frame_quality(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
@@ -196,7 +197,8 @@ def step_rows(results: list[ClipResult], steps: int) -> list[StepRow]:
                             float(np.mean([r.ssim[k] for r in rs])), rpsnr,
                             sum(math.isinf(r.repeat_psnr[k]) for r in rs),
                             float(np.mean([r.repeat_ssim[k] for r in rs])),
-                            sum(r.psnr[k] > r.repeat_psnr[k] for r in rs)))
+                            sum(r.psnr[k] > r.repeat_psnr[k] for r in rs),
+                            sum(r.ssim[k] > r.repeat_ssim[k] for r in rs)))
     return rows
 
 

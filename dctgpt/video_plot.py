@@ -1,5 +1,6 @@
 """Several `dctgpt.video_eval` runs on the same clips in one chart and one table, against repeating
 the last frame (measured in every run; the runs must agree on it, so they scored the same clips).
+Each run's rows are recomputed from its per-clip scores by `video_eval.step_rows`.
 
     python -m dctgpt.video_plot --runs out/video_eval out/video_eval_mean --labels greedy "mean of 8" \\
         --out out/video_runs.png
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dctgpt.plot import Series, line_plot
+from dctgpt.video_eval import ClipResult, StepRow, step_rows
 from tokenizer.cli import run
 
 
@@ -34,45 +36,45 @@ class VideoPlotConfig:
             raise ValueError(f"metric={self.metric!r}: expected 'psnr' or 'ssim'")
 
 
-def load_steps(folder: str, metric: str) -> list[dict]:
-    """A run's steps k = 1..K, each with the clips where the model beats repeating by `metric`."""
+def load_steps(folder: str) -> list[StepRow]:
+    """A run's rows k = 1..K, recomputed from its clips by video_eval.step_rows."""
     path = Path(folder) / "video_eval.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no video_eval.json (not a dctgpt.video_eval output folder)")
     report = json.loads(path.read_text())
-    scored = [c for c in report["clips"] if c[metric]]
-    if not report["steps"] or not scored:
+    rows = step_rows([ClipResult(**c) for c in report["clips"]], report["config"]["frames"])
+    if not rows:
         raise ValueError(f"{path}: no prediction steps (no clip had enough frames)")
-    return [dict(s, wins=sum(c[metric][i] > c[f"repeat_{metric}"][i] for c in scored))
-            for i, s in enumerate(report["steps"])]
+    return rows
 
 
 def main(cfg: VideoPlotConfig) -> str:
     """Draw cfg.out; return (and print) the table."""
     m = cfg.metric
     labels = list(cfg.labels) or [Path(r).name for r in cfg.runs]
-    runs = [load_steps(r, m) for r in cfg.runs]
-    repeat = [s[f"repeat_{m}"] for s in runs[0]]
+    runs = [load_steps(r) for r in cfg.runs]
+    repeat = [getattr(s, f"repeat_{m}") for s in runs[0]]
     for folder, steps in zip(cfg.runs[1:], runs[1:]):
-        other = [s[f"repeat_{m}"] for s in steps]
+        other = [getattr(s, f"repeat_{m}") for s in steps]
         if other != repeat:   # the same clips, frames and tokenizer give the very same numbers
             raise ValueError(f"{folder}: its repeat-last-frame {m} differs from {cfg.runs[0]}'s: the runs "
                              "did not score the same clips")
-    ks = [float(s["k"]) for s in runs[0]]
+    ks = [float(s.k) for s in runs[0]]
     unit = "PSNR (dB)" if m == "psnr" else "SSIM"
-    series = [Series(label, [float(s["k"]) for s in steps], [s[m] for s in steps])
+    series = [Series(label, [float(s.k) for s in steps], [getattr(s, m) for s in steps])
               for label, steps in zip(labels, runs)] + [Series("repeat last frame", ks, repeat)]
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    line_plot(series, f"next-frame prediction ({runs[0][0]['clips']} clips)", "frames ahead (k)", unit
+    line_plot(series, f"next-frame prediction ({runs[0][0].clips} clips)", "frames ahead (k)", unit
               ).save(cfg.out)
     fmt = "{:.2f}" if m == "psnr" else "{:.3f}"
-    k_list = " / ".join(str(s["k"]) for s in runs[0])
+    k_list = " / ".join(str(s.k) for s in runs[0])
     lines = [f"| {unit} at k = {k_list} | mean | clips better than repeating |",
              "|---|---|---|",
              f"| repeat the last given frame | {' / '.join(fmt.format(v) for v in repeat)} | |"]
     for label, steps in zip(labels, runs):
-        lines.append(f"| {label} | {' / '.join(fmt.format(s[m]) for s in steps)} | "
-                     f"{' / '.join(str(s['wins']) for s in steps)} of {steps[0]['clips']} |")
+        wins = [s.model_wins if m == "psnr" else s.ssim_wins for s in steps]
+        lines.append(f"| {label} | {' / '.join(fmt.format(getattr(s, m)) for s in steps)} | "
+                     f"{' / '.join(map(str, wins))} of {steps[0].clips} |")
     table = "\n".join(lines)
     print(table)
     return table

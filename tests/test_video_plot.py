@@ -10,15 +10,14 @@ from dctgpt.video_plot import cli
 
 def write_run(folder, psnr, ssim, repeat_psnr=(23.0, 20.0), repeat_ssim=(0.6, 0.5)):
     """A video_eval.json of two clips and k = 1, 2: clip 0 as given, clip 1 always worse than repeating."""
-    clips = [{"psnr": list(psnr), "ssim": list(ssim), "repeat_psnr": list(repeat_psnr),
-              "repeat_ssim": list(repeat_ssim)},
-             {"psnr": [10.0, 10.0], "ssim": [0.1, 0.1], "repeat_psnr": list(repeat_psnr),
-              "repeat_ssim": list(repeat_ssim)}]
-    steps = [{"k": k + 1, "clips": 2, "psnr": (psnr[k] + 10) / 2, "ssim": (ssim[k] + 0.1) / 2,
-              "repeat_psnr": repeat_psnr[k], "repeat_ssim": repeat_ssim[k],
-              "model_wins": int(psnr[k] > repeat_psnr[k])} for k in range(2)]
+    def clip(name, psnr, ssim):
+        return {"name": name, "frames": 4, "tokens": 10, "bits": 0.0, "frame_bits": [0.0] * 4,
+                "scan_bits": [0] * 4, "psnr": list(psnr), "ssim": list(ssim),
+                "repeat_psnr": list(repeat_psnr), "repeat_ssim": list(repeat_ssim)}
+
     folder.mkdir()
-    (folder / "video_eval.json").write_text(json.dumps({"steps": steps, "clips": clips}))
+    report = {"config": {"frames": 2}, "clips": [clip("a", psnr, ssim), clip("b", [10.0] * 2, [0.1] * 2)]}
+    (folder / "video_eval.json").write_text(json.dumps(report))
     return str(folder)
 
 
